@@ -1,0 +1,21 @@
+# samsbench: the SAMS-VAE paper's benchmark, from raw data to figures.
+# Default: the embedded simulated benchmark (config.yaml). See README.md.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,154 @@
+"""The shared engine: ELBO reweighting, IWELBO, training determinism and resumption."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_HP, tiny_dataset
+from samsbench import inference, tasks
+from samsbench import models as registry
+
+FAMILIES = ["sams_vae", "sams_vae_mean_field", "cpa_vae", "conditional_vae", "svae_plus"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_dataset(str(tmp_path_factory.mktemp("tiny")))
+
+
+def build(family, data):
+    torch.manual_seed(0)
+    return registry.build(family, len(data.genes), data.columns, TINY_HP)
+
+
+def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
+    data = tasks.load_data(*tiny)
+    model = build("sams_vae", data)
+    T = len(data.columns)
+    constant = torch.arange(1.0, T + 1)  # a known global log p - log q per perturbation
+    model.sample_globals = lambda P, f=model.sample_globals: (f(P)[0], constant.expand(P, T))
+    rows = data.split_index("train")
+    x, D = data.X[rows], data.dosage(data.codes[rows])
+    inv = inference.inverse_counts(data.dose_counts("train"))
+    torch.manual_seed(1)
+    with_g = inference.particle_elbo(model, x, D, inv, 2)
+    torch.manual_seed(1)
+    without = inference.particle_elbo(model, x, D, inv, 2, with_globals=False)
+    charged = (with_g - without).detach()
+    # Summed over the split, every observed perturbation's term counts exactly once.
+    observed = data.dose_counts("train") > 0
+    assert charged.sum(1)[0].item() == pytest.approx(constant[observed].sum().item(), rel=1e-5)
+    # The weights sum to one per perturbation; control cells carry no global term.
+    W = (D != 0).float() * inv
+    torch.testing.assert_close(W.sum(0)[observed], torch.ones(int(observed.sum())))
+    control = torch.from_numpy(data.labels[rows.numpy()] == data.control)
+    assert torch.all(charged[:, control] == 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_iwelbo_equals_local_elbo_at_one_particle_and_bounds_it(tiny, family):
+    hp_encoding = "unique" if family == "svae_plus" else "additive"
+    data = tasks.load_data(*tiny, encoding=hp_encoding)
+    model = build(family, data)
+    mean, std = data.input_statistics(model.normalization)
+    model.set_input_statistics(mean, std)
+    one = inference.iwelbo(model, data, "val", n_particles=1, seed=3)
+    torch.manual_seed(3)
+    globals_ = model.sample_globals(1)
+    rows = data.split_index("val")
+    with torch.no_grad():
+        elbo = inference.particle_elbo(model, data.X[rows], data.dosage(data.codes[rows]), None, 1,
+                                       globals_, with_globals=False)
+    assert one == pytest.approx(elbo.mean().item(), rel=1e-6)
+    # Jensen: the 50-particle bound is above the average single-particle bound.
+    singles = [inference.iwelbo(model, data, "val", n_particles=1, seed=s) for s in range(10)]
+    assert inference.iwelbo(model, data, "val", n_particles=50, seed=0) > np.mean(singles)
+
+
+def test_svae_plus_rejects_multi_hot_dosages(tiny, tmp_path):
+    data_path, split_path = tiny
+    hp = {**TINY_HP, "family": "svae_plus", "encoding": "additive"}
+    with pytest.raises(ValueError, match="one-hot"):
+        tasks.train_run(data_path, split_path, hp, {"max_steps": 2}, str(tmp_path / "run"), 0,
+                        progress=False)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
+    data_path, split_path = tiny
+    hp = {**TINY_HP, "family": "cpa_vae"}
+    with pytest.raises(FloatingPointError, match="non-finite (training|validation) loss"):
+        tasks.train_run(data_path, split_path, hp, {"max_steps": 50, "lr": 1e30},
+                        str(tmp_path / "run"), 0, progress=False)
+
+
+def _numbers(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as fh:
+        summary = json.load(fh)
+    summary.pop("timing")
+    return summary
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_numbers(tiny, tmp_path, family):
+    data_path, split_path = tiny
+    hp = {**TINY_HP, "family": family, "encoding": "unique" if family == "svae_plus" else "additive"}
+    training = {"max_steps": 30, "batch_size": 64, "val_every": 10, "iwelbo_particles": 10}
+    for name in ("a", "b"):
+        tasks.train_run(data_path, split_path, hp, training, str(tmp_path / name), 0, progress=False)
+    assert _numbers(tmp_path / "a") == _numbers(tmp_path / "b")
+    assert math.isfinite(_numbers(tmp_path / "a")["val_iwelbo"])
+    assert (tmp_path / "a" / "history.tsv").read_text() != ""
+
+
+TRAIN_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from samsbench import tasks
+hp = dict(n_latent=6, n_layers=1, encoder_n_hidden=16, decoder_n_hidden=16,
+          embedding_encoder_n_layers=2, embedding_encoder_n_hidden=8, mask_prior_prob=0.2,
+          family="sams_vae")
+tasks.train_run(sys.argv[1], sys.argv[2], hp,
+                {"max_steps": int(sys.argv[4]), "batch_size": 32, "val_every": 20,
+                 "checkpoint_every": 5, "iwelbo_particles": 10},
+                sys.argv[3], 0, progress=False)
+"""
+
+
+STEPS = "400"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    script = directory / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    subprocess.run([sys.executable, str(script), *tiny, str(directory / "run"), STEPS], check=True)
+    return script, directory / "run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_numbers(tiny, uninterrupted, tmp_path, sig):
+    data_path, split_path = tiny
+    script, full = uninterrupted
+    steps = STEPS
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), data_path, split_path, str(killed), steps])
+    deadline = time.time() + 120
+    while not (killed / "resume.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(60) != 0, "the run finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+    resumed_from = torch.load(killed / "resume.pt", weights_only=True)["step"]
+    assert 0 < resumed_from < int(steps)
+    subprocess.run([sys.executable, str(script), data_path, split_path, str(killed), steps], check=True)
+    assert _numbers(killed) == _numbers(full)
+    assert (killed / "history.tsv").read_text().splitlines()[1:] != []

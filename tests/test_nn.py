@@ -1,0 +1,79 @@
+"""Exact maths of the building blocks on small hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from samsbench.nn import (Decoder, GaussianEncoder, Trunk, bernoulli_log_prob,
+                          nb_log_prob_direct, st_bernoulli_sample)
+
+
+def test_nb_log_prob_hand_computed():
+    # x = 2, mean m = 1, theta = 1: NB(r=1, p) is geometric with P(x) = (1/2)^(x+1) = 1/8.
+    value = nb_log_prob_direct(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(1.0))
+    assert value.item() == pytest.approx(math.log(1 / 8), abs=1e-6)
+    # x = 0, m = 3, theta = 2: (theta / (theta + m))^theta = (2/5)^2.
+    value = nb_log_prob_direct(torch.tensor(0.0), torch.tensor(3.0), torch.tensor(2.0))
+    assert value.item() == pytest.approx(2 * math.log(0.4), abs=1e-6)
+
+
+def test_decoder_nb_split_equals_direct_formula():
+    torch.manual_seed(0)
+    decoder = Decoder(4, 6, 8, 2, "library_nb")
+    with torch.no_grad():
+        decoder.log_theta.copy_(torch.randn(6))
+    h = torch.randn(3, 5, 4)  # particles x cells x latent
+    x = torch.poisson(torch.full((5, 6), 7.0))
+    library = x.sum(-1)
+    ours = decoder.log_prob(h, x, library, decoder.cell_terms(x))
+    rho = torch.softmax(decoder.head(decoder.trunk(h)), -1)
+    mean = library[:, None] * rho + 1e-4
+    theta = torch.exp(decoder.log_theta)
+    direct = nb_log_prob_direct(x, mean, theta).sum(-1)
+    torch.testing.assert_close(ours, direct, rtol=1e-5, atol=1e-3)
+    # and against torch's own negative binomial (logits = ln m - ln theta)
+    nb = torch.distributions.NegativeBinomial(total_count=theta, logits=torch.log(mean) - torch.log(theta))
+    torch.testing.assert_close(ours, nb.log_prob(x).sum(-1), rtol=1e-5, atol=1e-3)
+
+
+def test_trunk_is_residual_leaky_relu_and_parts_equal_concatenation():
+    torch.manual_seed(1)
+    trunk = Trunk(5, 4, 3)
+    x = torch.randn(7, 5)
+    h = torch.nn.functional.leaky_relu(trunk.first(x), 0.01)
+    for layer in trunk.rest:
+        h = torch.nn.functional.leaky_relu(layer(h), 0.01) + h
+    torch.testing.assert_close(trunk(x), h)
+    # Split input: a (n, 3) part shared over particles and a (P, n, 2) part.
+    a, b = torch.randn(7, 3), torch.randn(2, 7, 2)
+    joined = torch.cat([a.expand(2, -1, -1), b], -1)
+    torch.testing.assert_close(trunk(a, b), trunk(joined), rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_head_variance_floor():
+    enc = GaussianEncoder(3, 2, 4, 1)
+    with torch.no_grad():
+        enc.log_var.weight.zero_()
+        enc.log_var.bias.fill_(-50.0)  # exp(-50) ~ 0: the floor 1e-4 on the variance remains
+    q = enc(torch.randn(5, 3))
+    torch.testing.assert_close(q.scale, torch.full((5, 2), 0.01), rtol=1e-4, atol=1e-7)
+
+
+def test_straight_through_mask_is_hard_with_sigmoid_frequency_and_passes_gradient():
+    torch.manual_seed(0)
+    logits = torch.tensor([-2.0, 0.0, 1.5], requires_grad=True)
+    sample = st_bernoulli_sample(logits, (20000,))
+    assert set(torch.unique(sample.detach()).tolist()) <= {0.0, 1.0}
+    freq = sample.detach().mean(0).numpy()
+    np.testing.assert_allclose(freq, torch.sigmoid(logits).detach().numpy(), atol=0.015)
+    sample.sum().backward()
+    assert logits.grad is not None and torch.all(logits.grad != 0)
+
+
+def test_bernoulli_log_prob_is_exact_mass():
+    logits = torch.tensor([0.0, math.log(3.0)])  # p = 0.5 and p = 0.75
+    value = torch.tensor([1.0, 0.0])
+    expected = torch.tensor([math.log(0.5), math.log(0.25)])
+    torch.testing.assert_close(bernoulli_log_prob(logits, value), expected)

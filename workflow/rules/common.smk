@@ -1,0 +1,66 @@
+# Shared helpers: config validation (defaults filled, readable errors) and the list of runs.
+import samsbench.config as sbconfig
+
+sbconfig.validate(config)
+RESULTS = config["results"]
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9_\-]+",
+    dataset=r"[A-Za-z0-9_\-]+",
+    model=r"[A-Za-z0-9_\-]+",
+    split=r"[A-Za-z0-9_\-.]+",
+    seed=r"\d+",
+
+
+def runs(experiment):
+    return sbconfig.runs(config, experiment)
+
+
+def run_dirs(experiment):
+    return [r["dir"] for r in runs(experiment)]
+
+
+def experiment_dataset(wildcards):
+    return config["experiments"][wildcards.experiment]["dataset"]
+
+
+def prepared(wildcards):
+    return f"{RESULTS}/datasets/{experiment_dataset(wildcards)}/prepared.h5ad"
+
+
+def split_file(wildcards):
+    return f"{RESULTS}/datasets/{experiment_dataset(wildcards)}/splits/{wildcards.split}.tsv"
+
+
+def run_identity(wildcards):
+    family = config["models"][wildcards.model]["family"]
+    return {
+        "experiment": wildcards.experiment,
+        "dataset": experiment_dataset(wildcards),
+        "model": wildcards.model,
+        "family": family,
+        "split": wildcards.split,
+        "seed": int(wildcards.seed),
+    }
+
+
+def all_targets():
+    targets = []
+    for experiment in config["run"]:
+        targets.append(f"{RESULTS}/{experiment}/metrics.tsv")
+        targets.extend(figure_files(experiment))
+    return targets
+
+
+FIGURES = ["ate_metrics", "iwelbo", "training_curves", "mask_heatmaps"]
+
+
+def figure_files(experiment):
+    return [f"{RESULTS}/{experiment}/figures/{name}.png" for name in FIGURES]
+
+
+def dataset_inputs(dataset):
+    from samsbench.tasks import dataset_inputs as inputs_of
+
+    return inputs_of(config["datasets"][dataset])

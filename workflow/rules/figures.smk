@@ -1,0 +1,43 @@
+# Figures for the HTML report (snakemake --report).
+
+
+rule figures:
+    input:
+        metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
+        histories=lambda wc: [f"{d}/history.tsv" for d in run_dirs(wc.experiment)],
+        latents=lambda wc: [f"{d}/perturbation_latents.h5ad" for d in run_dirs(wc.experiment)],
+        data=prepared,
+    output:
+        ate=report(
+            f"{RESULTS}/{{experiment}}/figures/ate_metrics.png",
+            caption="../report/ate_metrics.rst",
+            category="{experiment}",
+            subcategory="Metrics",
+        ),
+        iwelbo=report(
+            f"{RESULTS}/{{experiment}}/figures/iwelbo.png",
+            caption="../report/iwelbo.rst",
+            category="{experiment}",
+            subcategory="Metrics",
+        ),
+        curves=report(
+            f"{RESULTS}/{{experiment}}/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="{experiment}",
+            subcategory="Training",
+        ),
+        masks=report(
+            f"{RESULTS}/{{experiment}}/figures/mask_heatmaps.png",
+            caption="../report/mask_heatmaps.rst",
+            category="{experiment}",
+            subcategory="Latents",
+        ),
+    params:
+        runs=lambda wc: runs(wc.experiment),
+    log:
+        f"{RESULTS}/logs/figures/{{experiment}}.log",
+    localrule: True
+    conda:
+        "../../envs/samsbench.yaml"
+    script:
+        "../scripts/figures.py"

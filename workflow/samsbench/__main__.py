@@ -1,0 +1,3 @@
+from samsbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Datasets: the AnnData contract, simulation, downloads, preparation and splits."""

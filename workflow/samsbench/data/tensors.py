@@ -1,0 +1,141 @@
+"""A prepared dataset and one split as tensors resident on the training device.
+
+X is held once, dense float32 (raw counts). Dosages are stored as column indices per cell and
+expanded to a dense ``D`` only for the cells of a minibatch. ``encoding`` chooses the columns:
+``additive`` (one column per single perturbation; a combination sets each of its components)
+or ``unique`` (each distinct label, combinations included, is its own column).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from samsbench.data.contract import PERTURBATION_KEY, components, control_label
+
+log = logging.getLogger(__name__)
+ENCODINGS = ("additive", "unique")
+
+
+def dense_float32(X, chunk_rows: int = 8192) -> np.ndarray:
+    """X as a C-contiguous float32 array, converting sparse input in row chunks."""
+    if not sp.issparse(X):
+        return np.ascontiguousarray(np.asarray(X), dtype=np.float32)
+    X = X.tocsr()
+    out = np.empty(X.shape, dtype=np.float32)
+    for start in range(0, X.shape[0], chunk_rows):
+        out[start : start + chunk_rows] = X[start : start + chunk_rows].toarray()
+    return out
+
+
+class PerturbationData:
+    def __init__(self, adata: ad.AnnData, split: np.ndarray, encoding: str = "additive",
+                 device: str | torch.device = "cpu"):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+        self.device = torch.device(device)
+        self.encoding = encoding
+        self.control = control_label(adata)
+        self.labels = adata.obs[PERTURBATION_KEY].astype(str).to_numpy()
+        self.genes = adata.var_names.astype(str).tolist()
+        self.cell_ids = adata.obs_names.astype(str).to_numpy()
+        self.split = np.asarray(split, dtype=object)
+        if len(self.split) != len(self.labels):
+            raise ValueError(f"split has {len(self.split)} labels for {len(self.labels)} cells")
+        self.X = torch.from_numpy(dense_float32(adata.X)).to(self.device)
+        self.library = self.X.sum(1)
+        self.columns = self._columns()
+        self.codes = self.codes_for(self.labels)
+
+    # -- dosage encoding ----------------------------------------------------------------
+    def _columns(self) -> list[str]:
+        labels = sorted(set(self.labels) - {self.control})
+        if self.encoding == "unique":
+            return labels
+        return sorted({part for label in labels for part in components(label)})
+
+    def codes_for(self, labels) -> torch.Tensor:
+        """(n, C) column indices per label, padded with T (a column that is dropped)."""
+        T = len(self.columns)
+        index = {c: i for i, c in enumerate(self.columns)}
+        width = 1 if self.encoding == "unique" else max(
+            (len(components(lab)) for lab in set(labels) if lab != self.control), default=1
+        )
+        codes = np.full((len(labels), width), T, dtype=np.int64)
+        for row, label in enumerate(labels):
+            if label == self.control:
+                continue
+            parts = [label] if self.encoding == "unique" else components(label)
+            for j, part in enumerate(parts):
+                # A label without a column (e.g. a unique combination never seen) stays zero.
+                codes[row, j] = index.get(part, T)
+        return torch.from_numpy(codes).to(self.device)
+
+    def dosage(self, codes: torch.Tensor) -> torch.Tensor:
+        T = len(self.columns)
+        D = torch.zeros(codes.shape[0], T + 1, device=codes.device)
+        D.scatter_(1, codes, 1.0)
+        return D[:, :T]
+
+    def dosage_for_labels(self, labels) -> torch.Tensor:
+        return self.dosage(self.codes_for(labels))
+
+    # -- splits --------------------------------------------------------------------------
+    def split_index(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.flatnonzero(self.split == name)).to(self.device)
+
+    def dose_counts(self, name: str) -> torch.Tensor:
+        """N_t: cells of the split with a non-zero dose of each column."""
+        codes = self.codes[self.split_index(name)]
+        counts = torch.zeros(len(self.columns) + 1, device=self.device)
+        counts.scatter_add_(0, codes.reshape(-1), torch.ones(codes.numel(), device=self.device))
+        return counts[: len(self.columns)]
+
+    def labels_in(self, name: str) -> list[str]:
+        return sorted(set(self.labels[self.split == name]))
+
+    def input_statistics(self, normalization: str, chunk_rows: int = 8192):
+        """Per-gene mean and unbiased std on the training split (log1p'd when asked)."""
+        idx = self.split_index("train")
+        if len(idx) < 2:
+            raise ValueError("the training split needs at least 2 cells")
+        total = torch.zeros(self.X.shape[1], dtype=torch.float64, device=self.device)
+        total_sq = torch.zeros_like(total)
+        for start in range(0, len(idx), chunk_rows):
+            x = self.X[idx[start : start + chunk_rows]].double()
+            if normalization == "log_standardize":
+                x = torch.log1p(x)
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
+        n = len(idx)
+        mean = total / n
+        var = ((total_sq - n * mean * mean) / (n - 1)).clamp_min(0)
+        return mean.float(), var.sqrt().float()
+
+    def label_means(self, name: str, chunk_rows: int = 8192) -> dict[str, np.ndarray]:
+        """Mean log2(CP10k+1) per label over the cells of a split (for the baselines)."""
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        idx = np.flatnonzero(self.split == name)
+        for start in range(0, len(idx), chunk_rows):
+            rows = idx[start : start + chunk_rows]
+            x = self.X[torch.from_numpy(rows).to(self.device)]
+            y = torch.log2(1e4 * x / x.sum(1, keepdim=True).clamp_min(1e-12) + 1).double().cpu().numpy()
+            for label in np.unique(self.labels[rows]):
+                sel = self.labels[rows] == label
+                sums[label] = sums.get(label, 0) + y[sel].sum(0)
+                counts[label] = counts.get(label, 0) + int(sel.sum())
+        return {label: sums[label] / counts[label] for label in sums}
+
+    def log_absent_perturbations(self) -> list[str]:
+        """Perturbations with no training cell are allowed (held-out combinations); log them."""
+        seen = set(self.labels[self.split == "train"])
+        absent = sorted(set(self.labels) - seen - {self.control})
+        if absent:
+            log.info("%d perturbations have no training cells: %s", len(absent),
+                     ", ".join(absent[:20]) + (" ..." if len(absent) > 20 else ""))
+        return absent

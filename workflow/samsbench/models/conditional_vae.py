@@ -1,0 +1,34 @@
+"""Conditional VAE (models.md §2.4): the decoder reads [z, d]; q(z | x, d); no global latents."""
+
+from __future__ import annotations
+
+import torch
+
+from samsbench.models.base import LatentModel
+from samsbench.nn import Decoder, GaussianEncoder
+from torch.distributions import Normal
+
+
+class ConditionalVAE(LatentModel):
+    family = "conditional_vae"
+
+    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
+        super().__init__(n_genes, perturbations, hp)
+        T, K = self.n_perturbations, int(hp["n_latent"])
+        self.n_latent = K
+        self.encoder = GaussianEncoder(n_genes + T, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
+        self.decoder = Decoder(K + T, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
+                               hp.get("likelihood", "library_nb"))
+
+    def cell_context(self, D, g):
+        return D
+
+    def local_posterior(self, xn, D):
+        return self.encoder(xn, D)
+
+    def local_prior(self, D):
+        zeros = D.new_zeros(D.shape[:-1] + (self.n_latent,))
+        return Normal(zeros, torch.ones_like(zeros))
+
+    def decoder_input(self, z, D):
+        return torch.cat([z, D.expand(z.shape[:-1] + D.shape[-1:])], -1)

@@ -1,0 +1,91 @@
+"""SAMS-VAE (models.md §2.1): z = z_basal + D @ (M * E), with a sparse mask M and embedding E.
+
+Guides: ``sams_vae`` (correlated: q(E | M) from an MLP on the sampled mask row and the one-hot
+perturbation) and ``sams_vae_mean_field`` (independent free q(M), q(E)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from samsbench.models.base import LatentModel, standard_normal_like
+from samsbench.nn import Decoder, GaussianEncoder, bernoulli_log_prob, logit, st_bernoulli_sample
+
+
+class SamsVAE(LatentModel):
+    family = "sams_vae"
+    correlated = True
+
+    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
+        super().__init__(n_genes, perturbations, hp)
+        T, K = self.n_perturbations, int(hp["n_latent"])
+        self.n_latent = K
+        self.mean_field_encoder = bool(hp.get("mean_field_encoder", False))
+        self.mask_prior_logit = logit(float(hp["mask_prior_prob"]))
+        self.embedding_prior_scale = float(hp.get("embedding_prior_scale", 1.0))
+        self.mask_logits = nn.Parameter(torch.full((T, K), float(hp.get("mask_init_logits", 0.0))))
+        if self.correlated:
+            self.embedding_encoder = GaussianEncoder(
+                K + T, K, int(hp["embedding_encoder_n_hidden"]), int(hp["embedding_encoder_n_layers"])
+            )
+            self.register_buffer("onehot", torch.eye(T), persistent=False)
+        else:
+            loc_scale = float(hp.get("embedding_loc_init_scale", 0.0))
+            self.E_loc = nn.Parameter(loc_scale * torch.randn(T, K))
+            self.E_log_scale = nn.Parameter(
+                torch.full((T, K), math.log(float(hp.get("embedding_scale_init", 1.0))))
+            )
+        n_in = n_genes + (0 if self.mean_field_encoder else K)
+        self.encoder = GaussianEncoder(n_in, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
+        self.decoder = Decoder(K, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
+                               hp.get("likelihood", "library_nb"))
+
+    def q_embedding(self, mask: torch.Tensor) -> Normal:
+        if self.correlated:
+            onehot = self.onehot.expand(mask.shape[0], -1, -1)
+            return self.embedding_encoder(mask, onehot)
+        return Normal(self.E_loc, torch.exp(self.E_log_scale) + 1e-4)  # floor on the std here
+
+    def sample_globals(self, n_particles: int):
+        mask = st_bernoulli_sample(self.mask_logits, (n_particles,))
+        qE = self.q_embedding(mask)
+        E = qE.rsample() if self.correlated else qE.rsample((n_particles,))
+        log_ratio = (
+            bernoulli_log_prob(torch.tensor(self.mask_prior_logit), mask)
+            - bernoulli_log_prob(self.mask_logits, mask)
+            + Normal(0.0, self.embedding_prior_scale).log_prob(E)
+            - qE.log_prob(E)
+        ).sum(-1)
+        return {"mask": mask, "E": E}, log_ratio
+
+    def cell_context(self, D, g):
+        return torch.matmul(D, g["mask"] * g["E"])  # (P, n, K) latent shift
+
+    def local_posterior(self, xn, shift):
+        return self.encoder(xn) if self.mean_field_encoder else self.encoder(xn, shift)
+
+    def local_prior(self, shift):
+        return standard_normal_like(shift)
+
+    def decoder_input(self, z_basal, shift):
+        return z_basal + shift
+
+    @torch.no_grad()
+    def perturbation_latents(self):
+        out = {"mask_prob": torch.sigmoid(self.mask_logits).cpu().numpy()}
+        if self.correlated:
+            # E[E | M] averaged over q(M), by Monte Carlo (the embedding depends on the mask).
+            mask = st_bernoulli_sample(self.mask_logits, (64,))
+            out["embedding_mean"] = self.q_embedding(mask).loc.mean(0).cpu().numpy()
+        else:
+            out["embedding_mean"] = self.E_loc.detach().cpu().numpy()
+        return out
+
+
+class SamsVAEMeanField(SamsVAE):
+    family = "sams_vae_mean_field"
+    correlated = False

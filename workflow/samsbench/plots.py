@@ -1,0 +1,151 @@
+"""Figures of an experiment (matplotlib/seaborn, written as PNG for the HTML report)."""
+
+from __future__ import annotations
+
+import os
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+# One colour per family, the same in every figure.
+FAMILY_COLOURS = {
+    "sams_vae": "#1b9e77",
+    "sams_vae_mean_field": "#66c2a5",
+    "cpa_vae": "#d95f02",
+    "conditional_vae": "#7570b3",
+    "svae_plus": "#e7298a",
+    "control_mean": "#999999",
+    "additive_mean": "#a6761d",
+}
+FAMILY_LABELS = {
+    "sams_vae": "SAMS-VAE (correlated)",
+    "sams_vae_mean_field": "SAMS-VAE (mean field)",
+    "cpa_vae": "CPA-VAE",
+    "conditional_vae": "Conditional VAE",
+    "svae_plus": "SVAE+",
+    "control_mean": "Control mean",
+    "additive_mean": "Additive mean",
+}
+
+
+def model_palette(models: pd.DataFrame) -> dict:
+    """Colour per model name, from its family (plug-ins get a stable extra colour)."""
+    extra = sns.color_palette("tab10", 10)
+    palette = {}
+    for i, (model, family) in enumerate(sorted(set(zip(models["model"], models["family"])))):
+        palette[model] = FAMILY_COLOURS.get(family, extra[i % 10])
+    return palette
+
+
+def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, path: str,
+                title: str) -> None:
+    table = metrics[metrics["metric"].isin(names) & (metrics["subset"] == subset)]
+    palette = model_palette(metrics)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        part = table[table["metric"] == name]
+        if part.empty:
+            ax.text(0.5, 0.5, "no value", ha="center", va="center", transform=ax.transAxes)
+        else:
+            sns.barplot(data=part, x="split", y="value", hue="model", palette=palette, ax=ax,
+                        errorbar="sd")
+            ax.legend().remove()
+        ax.set_title(f"{name} ({subset})")
+        ax.set_xlabel("split")
+        ax.set_ylabel(name)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
+    fig.legend(handles, list(palette), loc="center left", bbox_to_anchor=(1.0, 0.5),
+               title="model")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def training_curves(runs: list[dict], path: str) -> None:
+    frames = []
+    for run in runs:
+        hist_path = os.path.join(run["dir"], "history.tsv")
+        hist = pd.read_csv(hist_path, sep="\t") if os.path.exists(hist_path) else pd.DataFrame()
+        if len(hist):
+            hist = hist.assign(model=run["model"], family=run["family"], split=run["split"],
+                               seed=run["seed"])
+            frames.append(hist)
+    splits = sorted({r["split"] for r in runs})
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.8), squeeze=False)
+    if frames:
+        table = pd.concat(frames)
+        palette = model_palette(table)
+        for ax, split in zip(axes[0], splits):
+            part = table[table["split"] == split]
+            sns.lineplot(data=part, x="step", y="val_loss", hue="model", palette=palette,
+                         ax=ax, errorbar=None)
+            ax.set_title(f"validation loss, split {split}")
+            ax.set_xlabel("training step")
+            ax.set_ylabel("validation loss (negative ELBO per cell)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def grouped_rows(perturbations: list[str], pathways: dict) -> tuple[list[int], list[str]]:
+    """Row order sorted by (pathway, perturbation) and the pathway of each row; perturbations
+    in no pathway come last."""
+    keyed = []
+    for i, label in enumerate(perturbations):
+        name = next((p for p, genes in sorted(pathways.items()) if label in set(genes)), None)
+        keyed.append(((name is None, name or "", label), i, name or "other"))
+    keyed.sort()
+    return [i for _, i, _ in keyed], [n for _, _, n in keyed]
+
+
+def mask_heatmaps(runs: list[dict], data_path: str, path: str) -> None:
+    data = ad.read_h5ad(data_path, backed="r")
+    pathways = {k: list(v) for k, v in dict(data.uns.get("pathways", {})).items()}
+    panels = []
+    for run in runs:
+        latents = ad.read_h5ad(os.path.join(run["dir"], "perturbation_latents.h5ad"))
+        if "mask_prob" in latents.layers:
+            panels.append((run, latents))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 6),
+                             squeeze=False)
+    for ax, (run, latents) in zip(axes[0], panels):
+        order, groups = grouped_rows(list(latents.obs_names), pathways)
+        values = np.asarray(latents.layers["mask_prob"])[order]
+        sns.heatmap(values, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=ax is axes[0][-1],
+                    yticklabels=False, xticklabels=False)
+        for row in range(1, len(groups)):
+            if groups[row] != groups[row - 1]:
+                ax.axhline(row, color="lightgrey", lw=0.8)
+        ax.set_title(f"{run['model']}\n{run['split']} seed {run['seed']}", fontsize=8)
+        ax.set_xlabel("latent dimension")
+        ax.set_ylabel("perturbation (grouped by pathway)")
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no model with masks", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def experiment_figures(metrics_path: str, runs: list[dict], data_path: str,
+                       outputs: dict) -> None:
+    metrics = pd.read_csv(metrics_path, sep="\t")
+    metric_bars(metrics, ["ate_pearson", "ate_r2", "ate_pearson_top20"], "test", outputs["ate"],
+                "Average treatment effects on the test perturbations")
+    metric_bars(metrics, ["test_iwelbo", "val_iwelbo"], "test",
+                outputs["iwelbo"], "Held-out IWELBO (higher is better)")
+    training_curves(runs, outputs["curves"])
+    mask_heatmaps(runs, data_path, outputs["masks"])

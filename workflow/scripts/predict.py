@@ -1,0 +1,22 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+import torch  # noqa: E402
+
+from samsbench import tasks  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+evaluation = snakemake.params.evaluation
+tasks.predict_run(
+    snakemake.input.data,
+    snakemake.input.split,
+    snakemake.input.model,
+    snakemake.output[0],
+    n_particles=evaluation["ate_particles"],
+    chunk=evaluation["ate_chunk"],
+    device=snakemake.params.device,
+)

@@ -1,0 +1,10 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+from samsbench import tasks  # noqa: E402
+
+tasks.prepare_dataset(dict(snakemake.params.dataset), list(snakemake.input), snakemake.output[0])
