@@ -36,18 +36,18 @@ def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
     constant = torch.arange(1.0, T + 1)  # a known global log p - log q per perturbation
     model.sample_globals = lambda P, f=model.sample_globals: (f(P)[0], constant.expand(P, T))
     rows = data.split_index("train")
-    x, D = data.X[rows], data.dosage(data.codes[rows])
+    x, dose = data.X[rows], data.dosage(data.codes[rows])
     inv = inference.inverse_counts(data.dose_counts("train"))
     torch.manual_seed(1)
-    with_g = inference.particle_elbo(model, x, D, inv, 2)
+    with_g = inference.particle_elbo(model, x, dose, inv, 2)
     torch.manual_seed(1)
-    without = inference.particle_elbo(model, x, D, inv, 2, with_globals=False)
+    without = inference.particle_elbo(model, x, dose, inv, 2, with_globals=False)
     charged = (with_g - without).detach()
     # Summed over the split, every observed perturbation's term counts exactly once.
     observed = data.dose_counts("train") > 0
     assert charged.sum(1)[0].item() == pytest.approx(constant[observed].sum().item(), rel=1e-5)
     # The weights sum to one per perturbation; control cells carry no global term.
-    W = (D != 0).float() * inv
+    W = (dose.dense != 0).float() * inv
     torch.testing.assert_close(W.sum(0)[observed], torch.ones(int(observed.sum())))
     control = torch.from_numpy(data.labels[rows.numpy()] == data.control)
     assert torch.all(charged[:, control] == 0)

@@ -77,3 +77,35 @@ def test_bernoulli_log_prob_is_exact_mass():
     value = torch.tensor([1.0, 0.0])
     expected = torch.tensor([math.log(0.5), math.log(0.25)])
     torch.testing.assert_close(bernoulli_log_prob(logits, value), expected)
+
+
+def test_fused_nb_gradients_equal_the_direct_formula():
+    from samsbench.nn import LibraryNBLogLik
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    log_theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    x = torch.poisson(torch.full((3, 5), 4.0, dtype=torch.float64))
+    library = x.sum(-1) + 1
+    assert torch.autograd.gradcheck(LibraryNBLogLik.apply, (logits, x, library, log_theta))
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    (LibraryNBLogLik.apply(logits, x, library, log_theta) * weights).sum().backward()
+    fused = (logits.grad.clone(), log_theta.grad.clone())
+    logits.grad, log_theta.grad = None, None
+    theta = torch.exp(log_theta)
+    mean = library[:, None] * torch.softmax(logits, -1) + 1e-4
+    direct = (x * torch.log(mean) - (theta + x) * torch.log(theta + mean)).sum(-1)
+    (direct * weights).sum().backward()
+    torch.testing.assert_close(fused, (logits.grad, log_theta.grad))
+
+
+def test_dosage_gather_equals_dense_product():
+    from samsbench.data.tensors import Dosage
+
+    codes = torch.tensor([[0, 2], [3, 3], [1, 3]])  # T = 3; 3 is the padding column
+    dose = Dosage(codes, 3)
+    np.testing.assert_array_equal(dose.dense.numpy(), [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    A = torch.randn(4, 3, 2)
+    torch.testing.assert_close(dose.apply(A), dose.dense @ A)
+    r = torch.randn(4, 3)
+    torch.testing.assert_close(dose.charge(r), r @ dose.dense.T)

@@ -33,8 +33,8 @@ def split_file(wildcards):
     return f"{RESULTS}/datasets/{experiment_dataset(wildcards)}/splits/{wildcards.split}.tsv"
 
 
-def run_identity(wildcards):
-    family = config["models"][wildcards.model]["family"]
+def run_identity(wildcards, family=None):
+    family = family or config["models"][wildcards.model]["family"]
     return {
         "experiment": wildcards.experiment,
         "dataset": experiment_dataset(wildcards),
@@ -61,6 +61,16 @@ def figure_files(experiment):
 
 
 def dataset_inputs(dataset):
-    from samsbench.tasks import dataset_inputs as inputs_of
+    from samsbench.data.prepare import required_inputs
 
-    return inputs_of(config["datasets"][dataset])
+    return required_inputs(config["datasets"][dataset])
+
+
+def external_metrics(experiment):
+    """Metrics of every predictions h5ad dropped in results/{experiment}/external/{model}/{split}.h5ad."""
+    found = glob_wildcards(f"{RESULTS}/{experiment}/external/{{model}}/{{split}}.h5ad")
+    return [
+        f"{RESULTS}/{experiment}/external_metrics/{m}/{s}.tsv"
+        for m, s in zip(found.model, found.split)
+        if "/" not in m + s
+    ]

@@ -6,14 +6,14 @@ rule prepare_dataset:
         lambda wc: dataset_inputs(wc.dataset),
     output:
         f"{RESULTS}/datasets/{{dataset}}/prepared.h5ad",
-    params:
-        dataset=lambda wc: config["datasets"][wc.dataset],
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/samsbench.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        dataset=lambda wc: config["datasets"][wc.dataset],
     script:
         "../scripts/prepare_dataset.py"
 
@@ -23,11 +23,11 @@ rule make_split:
         f"{RESULTS}/datasets/{{dataset}}/prepared.h5ad",
     output:
         f"{RESULTS}/datasets/{{dataset}}/splits/{{split}}.tsv",
-    params:
-        split=lambda wc: config["splits"][wc.split],
     log:
         f"{RESULTS}/logs/make_split/{{dataset}}/{{split}}.log",
     conda:
         "../../envs/samsbench.yaml"
+    params:
+        split=lambda wc: config["splits"][wc.split],
     script:
         "../scripts/make_split.py"

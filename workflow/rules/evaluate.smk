@@ -8,18 +8,18 @@ rule predict:
         model=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/model.pt",
     output:
         f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
-    params:
-        evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
-        device=config["device"],
     log:
         f"{RESULTS}/logs/predict/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/predict/{{model}}/{{split}}/seed{{seed}}.tsv"
+    conda:
+        "../../envs/samsbench.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/samsbench.yaml"
+    params:
+        evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
+        device=config["device"],
     script:
         "../scripts/predict.py"
 
@@ -32,22 +32,40 @@ rule evaluate:
         predictions=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
     output:
         f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/metrics.tsv",
+    log:
+        f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
+    conda:
+        "../../envs/samsbench.yaml"
+    threads: 1
     params:
         run=run_identity,
         evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
         device=config["device"],
-    log:
-        f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
-    threads: 1
-    conda:
-        "../../envs/samsbench.yaml"
     script:
         "../scripts/evaluate.py"
 
 
+rule score_external:
+    input:
+        data=prepared,
+        split=split_file,
+        predictions=f"{RESULTS}/{{experiment}}/external/{{model}}/{{split}}.h5ad",
+    output:
+        f"{RESULTS}/{{experiment}}/external_metrics/{{model}}/{{split}}.tsv",
+    log:
+        f"{RESULTS}/logs/score_external/{{experiment}}/{{model}}/{{split}}.log",
+    conda:
+        "../../envs/samsbench.yaml"
+    params:
+        run=lambda wc: {**run_identity(wc, "external"), "seed": 0},
+    script:
+        "../scripts/score_external.py"
+
+
 rule aggregate_metrics:
     input:
-        lambda wc: [f"{d}/metrics.tsv" for d in run_dirs(wc.experiment)],
+        lambda wc: [f"{d}/metrics.tsv" for d in run_dirs(wc.experiment)]
+        + external_metrics(wc.experiment),
     output:
         f"{RESULTS}/{{experiment}}/metrics.tsv",
     log:

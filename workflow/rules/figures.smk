@@ -5,7 +5,9 @@ rule figures:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
         histories=lambda wc: [f"{d}/history.tsv" for d in run_dirs(wc.experiment)],
-        latents=lambda wc: [f"{d}/perturbation_latents.h5ad" for d in run_dirs(wc.experiment)],
+        latents=lambda wc: [
+            f"{d}/perturbation_latents.h5ad" for d in run_dirs(wc.experiment)
+        ],
         data=prepared,
     output:
         ate=report(
@@ -32,12 +34,12 @@ rule figures:
             category="{experiment}",
             subcategory="Latents",
         ),
-    params:
-        runs=lambda wc: runs(wc.experiment),
     log:
         f"{RESULTS}/logs/figures/{{experiment}}.log",
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    params:
+        runs=lambda wc: runs(wc.experiment),
     script:
         "../scripts/figures.py"

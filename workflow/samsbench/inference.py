@@ -53,14 +53,14 @@ def inverse_counts(counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
 
 
-def particle_elbo(model: LatentModel, x, D, inv_counts, n_particles: int, globals_=None,
+def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
                   with_globals: bool = True) -> torch.Tensor:
     """Per particle and cell: log p(x|.) + local log p - log q (+ weighted global terms)."""
     if globals_ is None:
         g, global_ratio = model.sample_globals(n_particles)
     else:
         g, global_ratio = globals_
-    ctx = model.cell_context(D, g)
+    ctx = model.cell_context(dose, g)
     q = model.local_posterior(model.normalize(x), ctx)
     u = draw(q, n_particles)
     local = (model.local_prior(ctx).log_prob(u) - q.log_prob(u)).sum(-1)
@@ -69,8 +69,8 @@ def particle_elbo(model: LatentModel, x, D, inv_counts, n_particles: int, global
                                     model.decoder.cell_terms(x))
     elbo = loglik + local
     if with_globals and global_ratio is not None:
-        weights = (D != 0).to(x.dtype) * inv_counts  # (n, T)
-        elbo = elbo + global_ratio @ weights.T  # (P, T) @ (T, n)
+        # Each cell carries 1 / N_t of the global term of each perturbation t it received.
+        elbo = elbo + dose.charge(global_ratio * inv_counts)
     return elbo
 
 
@@ -86,8 +86,8 @@ def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> fl
     inv = inverse_counts(data.dose_counts(split))
     total = 0.0
     for rows in minibatches(index, batch_size):
-        x, D = data.X[rows], data.dosage(data.codes[rows])
-        total += -particle_elbo(model, x, D, inv, n_particles).mean().item() * len(rows)
+        x, dose = data.X[rows], data.dosage(data.codes[rows])
+        total += -particle_elbo(model, x, dose, inv, n_particles).mean().item() * len(rows)
     return total / max(len(index), 1)
 
 
@@ -103,8 +103,8 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
     batch = max(1, BLOCK_ELEMENTS // (n_particles * data.X.shape[1]))
     total = 0.0
     for rows in minibatches(index, batch):
-        x, D = data.X[rows], data.dosage(data.codes[rows])
-        log_w = particle_elbo(model, x, D, None, n_particles, globals_, with_globals=False)
+        x, dose = data.X[rows], data.dosage(data.codes[rows])
+        log_w = particle_elbo(model, x, dose, None, n_particles, globals_, with_globals=False)
         total += (torch.logsumexp(log_w, 0) - math.log(n_particles)).double().sum().item()
     return total / len(index)
 
@@ -117,14 +117,15 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
     if isinstance(model, MeanEffectModel):
         return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
     torch.manual_seed(seed)
-    D = data.dosage_for_labels(list(labels))
-    sums = torch.zeros(len(labels), data.X.shape[1], dtype=torch.float64, device=D.device)
+    dose = data.dosage_for_labels(list(labels))
+    sums = torch.zeros(len(labels), data.X.shape[1], dtype=torch.float64, device=data.X.device)
     for start in range(0, n_particles, chunk):
         n_p = min(chunk, n_particles - start)
         g, _ = model.sample_globals(n_p)
         rows_per_block = max(1, BLOCK_ELEMENTS // (n_p * data.X.shape[1]))
         for r0 in range(0, len(labels), rows_per_block):
-            ctx = model.cell_context(D[r0 : r0 + rows_per_block], g)
+            block = data.dosage(dose.codes[r0 : r0 + rows_per_block])
+            ctx = model.cell_context(block, g)
             u = draw(model.local_prior(ctx), n_p)
             h = model.decoder_input(u, ctx)
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
@@ -180,6 +181,15 @@ def load_model(path: str, device="cpu"):
 
 # -- training ------------------------------------------------------------------------------
 
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with coupled L2 weight decay, as the reference. The fused kernel (one pass over
+    all parameters) is ~8x faster than the per-tensor updates on CPU; torch < 2.4 lacks it."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
 class Interrupted(RuntimeError):
     pass
 
@@ -221,8 +231,7 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     mean, std = data.input_statistics(model.normalization)
     model.set_input_statistics(mean, std)
     model.to(data.device)
-    optim = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
-                             weight_decay=float(cfg["weight_decay"]))
+    optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]))
     gen = torch.Generator().manual_seed(seed)
     train_index = data.split_index("train")
     inv_train = inverse_counts(data.dose_counts("train"))
@@ -265,8 +274,8 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                 state["perm"], state["pos"] = torch.randperm(n_train, generator=gen), 0
             rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size].to(data.device)]
             state["pos"] += batch_size
-            x, D = data.X[rows], data.dosage(data.codes[rows])
-            loss = -particle_elbo(model, x, D, inv_train, int(cfg["n_particles"])).mean()
+            x, dose = data.X[rows], data.dosage(data.codes[rows])
+            loss = -particle_elbo(model, x, dose, inv_train, int(cfg["n_particles"])).mean()
             optim.zero_grad(set_to_none=True)
             loss.backward()
             value = loss.item()

@@ -29,10 +29,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def make_split(data_path: str, split_cfg: dict, out_path: str) -> None:
     adata = contract.read(data_path)
+    # Norman: the reference shuffles guide identities, not gene labels (see splits.ood_split).
+    ids = adata.obs["guide_identity"].astype(str).to_numpy() if "guide_identity" in adata.obs else None
     labels = splits.make_split(
         adata.obs[contract.PERTURBATION_KEY].to_numpy(), split_cfg["kind"],
         seed=int(split_cfg.get("seed", 0)), fraction=float(split_cfg.get("fraction", 1.0)),
-        test_fraction=float(split_cfg.get("test_fraction", 0.25)),
+        test_fraction=float(split_cfg.get("test_fraction", 0.25)), combination_ids=ids,
     )
     splits.write_split(adata.obs_names, labels, out_path)
     counts = pd.Series(labels).value_counts().to_dict()
@@ -109,15 +111,24 @@ def evaluate_run(run: dict, data_path: str, split_path: str, predictions_path: s
     """All metrics of one run as tidy rows (experiment, ..., metric, subset, value)."""
     from samsbench import evaluate
 
-    table = evaluate.score(predictions_path, data_path, split_path)
-    rows = [table]
+    rows = [evaluate.score(predictions_path, data_path, split_path)]
     for metric, value in iwelbo_run(data_path, split_path, model_path, iwelbo_particles,
                                     device).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
                                    "value": value}]))
-    table = pd.concat(rows, ignore_index=True)
-    for key in ("value",):
-        table[key] = table[key].astype(float)
+    return _tidy(run, pd.concat(rows, ignore_index=True), out_path)
+
+
+def score_external(run: dict, data_path: str, split_path: str, predictions_path: str,
+                   out_path: str) -> pd.DataFrame:
+    """Score a predictions h5ad made outside the workflow, exactly as the workflow's own."""
+    from samsbench import evaluate
+
+    return _tidy(run, evaluate.score(predictions_path, data_path, split_path), out_path)
+
+
+def _tidy(run: dict, table: pd.DataFrame, out_path: str) -> pd.DataFrame:
+    table = table.assign(value=table["value"].astype(float))
     ident = {k: run[k] for k in ("experiment", "dataset", "model", "family", "split", "seed")}
     table = pd.concat([pd.DataFrame([ident] * len(table)), table], axis=1)
     write_tsv(table, out_path)
@@ -144,28 +155,3 @@ def read_json(path: str) -> dict:
     with open(path) as fh:
         return json.load(fh)
 
-
-def dataset_inputs(dataset_cfg: dict) -> list[str]:
-    """Files a dataset's preparation reads (downloads land in data/downloads/)."""
-    source = dataset_cfg["source"]
-    if source == "simulate":
-        return []
-    if source == "h5ad":
-        return [dataset_cfg["path"]]
-    from samsbench.data import prepare
-
-    return prepare.required_inputs(dataset_cfg)
-
-
-def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path: str) -> None:
-    source = dataset_cfg["source"]
-    if source == "simulate":
-        from samsbench.data.simulate import simulate
-
-        contract.write(simulate(**dataset_cfg.get("simulate", {})), out_path)
-    elif source == "h5ad":
-        contract.write(contract.read(inputs[0]), out_path)
-    else:
-        from samsbench.data import prepare
-
-        prepare.prepare_dataset(dataset_cfg, inputs, out_path)

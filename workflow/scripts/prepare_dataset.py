@@ -5,6 +5,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import tasks  # noqa: E402
+from samsbench.data.prepare import prepare_dataset  # noqa: E402
 
-tasks.prepare_dataset(dict(snakemake.params.dataset), list(snakemake.input), snakemake.output[0])
+prepare_dataset(dict(snakemake.params.dataset), list(snakemake.input), snakemake.output[0])

@@ -32,6 +32,39 @@ def dense_float32(X, chunk_rows: int = 8192) -> np.ndarray:
     return out
 
 
+class Dosage:
+    """Dosage rows of some cells, stored as column indices ``(n, C)`` padded with T.
+
+    ``apply(A)`` computes ``D @ A`` for a per-perturbation tensor ``A`` of shape (..., T, K) by
+    gathering rows (a cell has at most a few non-zero doses, so a dense product would waste
+    n x T x K operations); ``dense`` builds D itself for families that read it directly.
+    """
+
+    def __init__(self, codes: torch.Tensor, n_columns: int):
+        self.codes = codes
+        self.n_columns = n_columns
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def dense(self) -> torch.Tensor:
+        D = torch.zeros(self.codes.shape[0], self.n_columns + 1, device=self.codes.device)
+        D.scatter_(1, self.codes, 1.0)
+        return D[:, : self.n_columns]
+
+    def apply(self, per_perturbation: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(per_perturbation, (0, 0, 0, 1))  # zero row for padding
+        if self.codes.shape[1] == 1:
+            return padded[..., self.codes[:, 0], :]
+        return padded[..., self.codes, :].sum(-2)
+
+    def charge(self, per_perturbation: torch.Tensor) -> torch.Tensor:
+        """``D != 0`` applied to a (..., T) tensor: the sum over each cell's perturbations."""
+        padded = torch.nn.functional.pad(per_perturbation, (0, 1))
+        return padded[..., self.codes].sum(-1)
+
+
 class PerturbationData:
     def __init__(self, adata: ad.AnnData, split: np.ndarray, encoding: str = "additive",
                  device: str | torch.device = "cpu"):
@@ -75,13 +108,10 @@ class PerturbationData:
                 codes[row, j] = index.get(part, T)
         return torch.from_numpy(codes).to(self.device)
 
-    def dosage(self, codes: torch.Tensor) -> torch.Tensor:
-        T = len(self.columns)
-        D = torch.zeros(codes.shape[0], T + 1, device=codes.device)
-        D.scatter_(1, codes, 1.0)
-        return D[:, :T]
+    def dosage(self, codes: torch.Tensor) -> Dosage:
+        return Dosage(codes, len(self.columns))
 
-    def dosage_for_labels(self, labels) -> torch.Tensor:
+    def dosage_for_labels(self, labels) -> Dosage:
         return self.dosage(self.codes_for(labels))
 
     # -- splits --------------------------------------------------------------------------

@@ -4,8 +4,9 @@ A family with a likelihood is a ``LatentModel``. Per training step the engine as
 
 * ``sample_globals(P)``: P joint samples of the per-perturbation latents from the guide, and
   their ``log p - log q`` summed over latent dims, shape ``(P, T)`` (None if it has none);
-* ``cell_context(D, g)``: whatever the cells need from the globals (e.g. the latent shift
-  ``D @ (M * E)``), computed once per minibatch;
+* ``cell_context(dose, g)``: whatever the cells need from the globals (e.g. the latent shift
+  ``D @ (M * E)``, as ``dose.apply(M * E)``), computed once per minibatch; ``dose`` is a
+  ``Dosage`` (``dose.dense`` is the (n, T) matrix D);
 * ``local_posterior(xn, ctx)`` and ``local_prior(ctx)``: Normals over the per-cell latent;
 * ``decoder_input(u, ctx)``: what the shared ``Decoder`` reads.
 
@@ -62,7 +63,7 @@ class LatentModel(nn.Module):
     def sample_globals(self, n_particles: int):
         return {}, None
 
-    def cell_context(self, D: torch.Tensor, g: dict):
+    def cell_context(self, dose, g: dict):
         raise NotImplementedError
 
     def local_posterior(self, xn: torch.Tensor, ctx) -> Normal:

@@ -20,8 +20,8 @@ class ConditionalVAE(LatentModel):
         self.decoder = Decoder(K + T, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
                                hp.get("likelihood", "library_nb"))
 
-    def cell_context(self, D, g):
-        return D
+    def cell_context(self, dose, g):
+        return dose.dense
 
     def local_posterior(self, xn, D):
         return self.encoder(xn, D)

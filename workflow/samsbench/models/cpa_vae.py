@@ -35,8 +35,8 @@ class CpaVAE(LatentModel):
         log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
         return {"E": E}, log_ratio
 
-    def cell_context(self, D, g):
-        return torch.matmul(D, g["E"])
+    def cell_context(self, dose, g):
+        return dose.apply(g["E"])
 
     def local_posterior(self, xn, shift):
         return self.encoder(xn) if self.mean_field_encoder else self.encoder(xn, shift)

@@ -13,7 +13,8 @@ from torch import nn
 from torch.distributions import Normal
 
 from samsbench.models.base import LatentModel, standard_normal_like
-from samsbench.nn import Decoder, GaussianEncoder, bernoulli_log_prob, logit, st_bernoulli_sample
+from samsbench.nn import (Decoder, GaussianEncoder, OneHotRows, bernoulli_log_prob, logit,
+                          st_bernoulli_sample)
 
 
 class SamsVAE(LatentModel):
@@ -32,7 +33,6 @@ class SamsVAE(LatentModel):
             self.embedding_encoder = GaussianEncoder(
                 K + T, K, int(hp["embedding_encoder_n_hidden"]), int(hp["embedding_encoder_n_layers"])
             )
-            self.register_buffer("onehot", torch.eye(T), persistent=False)
         else:
             loc_scale = float(hp.get("embedding_loc_init_scale", 0.0))
             self.E_loc = nn.Parameter(loc_scale * torch.randn(T, K))
@@ -46,8 +46,7 @@ class SamsVAE(LatentModel):
 
     def q_embedding(self, mask: torch.Tensor) -> Normal:
         if self.correlated:
-            onehot = self.onehot.expand(mask.shape[0], -1, -1)
-            return self.embedding_encoder(mask, onehot)
+            return self.embedding_encoder(mask, OneHotRows(self.n_perturbations))
         return Normal(self.E_loc, torch.exp(self.E_log_scale) + 1e-4)  # floor on the std here
 
     def sample_globals(self, n_particles: int):
@@ -62,8 +61,8 @@ class SamsVAE(LatentModel):
         ).sum(-1)
         return {"mask": mask, "E": E}, log_ratio
 
-    def cell_context(self, D, g):
-        return torch.matmul(D, g["mask"] * g["E"])  # (P, n, K) latent shift
+    def cell_context(self, dose, g):
+        return dose.apply(g["mask"] * g["E"])  # (P, n, K) latent shift D @ (M * E)
 
     def local_posterior(self, xn, shift):
         return self.encoder(xn) if self.mean_field_encoder else self.encoder(xn, shift)

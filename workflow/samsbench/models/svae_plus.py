@@ -40,10 +40,8 @@ class SvaePlus(LatentModel):
         log_ratio = Beta(self.beta_c1, self.beta_c2).log_prob(pi).sum(-1)
         return {"mask": mask}, log_ratio.expand(n_particles, -1)
 
-    def cell_context(self, D, g):
-        if D.shape[-2] and bool((D.sum(-1) > 1).any()):
-            raise ValueError("SVAE+ needs one-hot dosages: encode combinations as unique perturbations")
-        return torch.matmul(D, g["mask"] * self.shift)  # prior mean; 0 for control cells
+    def cell_context(self, dose, g):
+        return dose.apply(g["mask"] * self.shift)  # prior mean; 0 for control cells
 
     def local_posterior(self, xn, prior_mean):
         return self.encoder(xn)

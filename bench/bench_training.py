@@ -1,0 +1,94 @@
+"""Training speed and peak memory in the Replogle-shaped setting (issue 3's target).
+
+118,641 cells x 1,187 genes (generated negative-binomial-like counts, dense float32 as the
+real file), 722 perturbations, SAMS-VAE with the correlated guide (embedding encoder 2 x 200),
+latent 100, hidden 400, batch 512, 5 particles. Each measurement runs in a fresh process that
+reports its own peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, time
+import numpy as np, torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+import anndata as ad, pandas as pd
+from samsbench import inference
+from samsbench import models as registry
+from samsbench.data.splits import random_split
+from samsbench.data.tensors import PerturbationData
+
+rng = np.random.default_rng(0)
+n, G, T = args["cells"], args["genes"], args["perturbations"]
+labels = np.array(["non-targeting"] + [f"P{i:03d}" for i in range(T)], dtype=object)
+obs_labels = labels[np.concatenate([np.zeros(2000, int), rng.integers(1, T + 1, n - 2000)])]
+X = np.empty((n, G), dtype=np.float32)
+mean = rng.gamma(0.5, 2.0, G).astype(np.float32)
+for s in range(0, n, 8192):  # chunked, so generation itself stays small
+    rows = min(8192, n - s)
+    X[s:s + rows] = rng.poisson(mean * rng.gamma(2.0, 0.5, (rows, 1)))
+adata = ad.AnnData(X=X, obs=pd.DataFrame({"perturbation": obs_labels}, index=[f"c{i}" for i in range(n)]),
+                   var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
+del X
+data = PerturbationData(adata, random_split(n, 0))
+del adata
+hp = dict(n_latent=100, n_layers=1, encoder_n_hidden=400, decoder_n_hidden=400,
+          embedding_encoder_n_layers=2, embedding_encoder_n_hidden=200, mask_prior_prob=0.01,
+          likelihood="library_nb", encoder_input_normalization="log_standardize")
+torch.manual_seed(0)
+model = registry.build(args["family"], G, data.columns, hp)
+model.set_input_statistics(*data.input_statistics(model.normalization))
+optim = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-6)
+index = data.split_index("train")
+inv = inference.inverse_counts(data.dose_counts("train"))
+def step():
+    rows = index[torch.randint(len(index), (512,))]
+    x, D = data.X[rows], data.dosage(data.codes[rows])
+    loss = -inference.particle_elbo(model, x, D, inv, 5).mean()
+    optim.zero_grad(set_to_none=True); loss.backward(); optim.step()
+    return loss.item()
+for _ in range(5):
+    step()
+start = time.perf_counter()
+for _ in range(args["steps"]):
+    step()
+rate = args["steps"] / (time.perf_counter() - start)
+peak = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
+print(json.dumps({"steps_per_second": rate, "peak_rss_mb": peak}))
+"""
+
+
+def measure(**kwargs) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kwargs)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cells", type=int, default=118_641)
+    parser.add_argument("--genes", type=int, default=1_187)
+    parser.add_argument("--perturbations", type=int, default=722)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--families", nargs="+", default=["sams_vae", "sams_vae_mean_field"])
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{'family':22s} {'cells':>8s} {'genes':>6s} {'steps/s':>8s} {'peak RSS MB':>12s}")
+    for family in args.families:
+        r = measure(cells=args.cells, genes=args.genes, perturbations=args.perturbations,
+                    steps=args.steps, threads=args.threads, family=family)
+        rows.append({"family": family, **r})
+        print(f"{family:22s} {args.cells:8d} {args.genes:6d} {r['steps_per_second']:8.2f} "
+              f"{r['peak_rss_mb']:12.0f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

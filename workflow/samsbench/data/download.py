@@ -1,0 +1,454 @@
+"""Checksummed downloads of the real datasets' files (standard library only).
+
+A file is streamed into a temporary file beside its destination and renamed into place only
+after every check passed, so a failed or interrupted download never leaves a file that a later
+step could mistake for the real one. Per URL: connection errors, HTTP 5xx (and 408/429) and
+truncated bodies are retried with exponential back-off, resuming with a Range request where the
+server allows it (the raw Replogle file is about 60 GB); any other 4xx, an HTML/XML page in place
+of the file, a body that fails the format's magic bytes, or a wrong checksum moves on to the next
+mirror at once. The sha256 comes from the caller or from ``data/checksums.tsv`` (columns file,
+sha256, size, url, note); when none is known, the first good download records it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_COLUMNS = ("file", "sha256", "size", "url", "note")
+DEFAULT_CHECKSUMS = "data/checksums.tsv"
+USER_AGENT = "samsbench-download/0.1 (+https://github.com/insitro/sams-vae reproduction)"
+
+# The remote inputs of the paper's experiments; config.yaml's `downloads:` overrides these.
+DOWNLOADS: dict[str, dict] = {
+    "replogle.h5ad": {
+        "urls": ["https://insitro-research-2023-sams-vae.s3.amazonaws.com/data/replogle.h5ad"],
+        "sha256": None,
+        "note": "authors' prepared Replogle GWPS filtered, 118641 cells x 1187 genes (~550 MB)",
+    },
+    "K562_gwps_raw_singlecell_01.h5ad": {
+        "urls": ["https://plus.figshare.com/ndownloader/files/35775507"],
+        "sha256": None,
+        "note": "Replogle 2022 raw genome-wide K562 screen, dense float32 X (~60 GB)",
+    },
+    "norman_scpert.h5ad": {
+        "urls": ["https://ndownloader.figshare.com/files/34027562"],
+        "sha256": None,
+        "note": "Norman 2019 sc-pert processed (figshare 34027562, ~1.7 GB)",
+    },
+    "norman.h5ad": {
+        "urls": ["https://insitro-research-2023-sams-vae.s3.amazonaws.com/data/norman.h5ad"],
+        "sha256": None,
+        "note": "authors' copy of the Norman 2019 sc-pert processed file (~1.6 GB)",
+    },
+}
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# Expected content by destination extension; anything else is only checked for HTML/XML.
+_KIND_BY_SUFFIX = {
+    ".h5ad": "hdf5",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".gmt": "text",
+    ".txt": "text",
+    ".tsv": "text",
+    ".csv": "text",
+    ".json": "text",
+    ".gz": "gzip",
+    ".zip": "zip",
+}
+_MAGIC = {"hdf5": HDF5_MAGIC, "gzip": b"\x1f\x8b", "zip": b"PK\x03\x04"}
+_MARKUP_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<error", b"<!--")
+_SNIFF_BYTES = 512
+_PROGRESS_SECONDS = 30.0
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded; the message names each URL tried and its problem."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying on the same URL (network, 5xx, truncated body)."""
+
+
+class _UrlFailed(Exception):
+    """This URL will not give the file; try the next mirror."""
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    return _KIND_BY_SUFFIX.get(Path(path).suffix.lower(), "any")
+
+
+def resolve(name: str, configured: dict | None = None) -> dict:
+    """URLs and sha256 of a named remote file: config.yaml's entry, else the built-in one."""
+    configured = configured or {}
+    entry = configured.get(name) or DOWNLOADS.get(name)
+    if entry is None:
+        known = sorted(set(configured) | set(DOWNLOADS))
+        raise DownloadError(
+            f"no download is configured for {name!r}; add it under `downloads:` in "
+            f"config.yaml (known: {', '.join(known)})"
+        )
+    urls = entry.get("urls") or []
+    if isinstance(urls, str):
+        urls = [urls]
+    return {"urls": list(urls), "sha256": entry.get("sha256") or None}
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def read_checksums(tsv: str | os.PathLike | None) -> dict[str, dict]:
+    """Rows of the checksums manifest keyed by file name ({} when there is none)."""
+    if tsv is None or not os.path.exists(tsv):
+        return {}
+    with open(tsv, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = set(CHECKSUM_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise DownloadError(f"{tsv}: missing columns {sorted(missing)}")
+        return {row["file"]: row for row in reader}
+
+
+@contextlib.contextmanager
+def _locked_dir(directory: str):
+    # Downloads of different files may run at once and all update the one manifest: a lock
+    # on its folder serialises the read-modify-replace without leaving a lock file behind.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def record_checksum(
+    tsv: str | os.PathLike, name: str, sha256: str, size: int, url: str, note: str = ""
+) -> None:
+    """Insert or complete the manifest row of ``name``; the manifest is replaced atomically."""
+    tsv = os.fspath(tsv)
+    directory = os.path.dirname(os.path.abspath(tsv))
+    os.makedirs(directory, exist_ok=True)
+    with _locked_dir(directory):
+        rows = read_checksums(tsv)
+        row = rows.get(name) or {"file": name, "note": note}
+        row.update(sha256=sha256, size=str(size), url=row.get("url") or url)
+        rows[name] = row
+        fd, tmp = tempfile.mkstemp(prefix=".checksums.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", newline="") as handle:
+                writer = csv.DictWriter(
+                    handle, fieldnames=CHECKSUM_COLUMNS, delimiter="\t", lineterminator="\n"
+                )
+                writer.writeheader()
+                for value in rows.values():
+                    writer.writerow({col: value.get(col) or "" for col in CHECKSUM_COLUMNS})
+            _usual_permissions(tmp)
+            os.replace(tmp, tsv)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _usual_permissions(path: str) -> None:
+    # mkstemp creates files readable by the owner only; a finished file gets what the umask
+    # gives an ordinary new file, so that colleagues on a shared cluster can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _looks_like_markup(head: bytes) -> bool:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith(_MARKUP_STARTS)
+
+
+def _check_head(head: bytes, kind: str, content_type: str) -> None:
+    """Raise _UrlFailed when the first bytes show that this is not the expected file."""
+    shown = repr(head[:16])
+    if _looks_like_markup(head) or (kind == "text" and head.lstrip().startswith(b"<")):
+        raise _UrlFailed(
+            f"the server sent an HTML/XML page instead of the file (Content-Type "
+            f"{content_type or 'unknown'}, body starts {shown}); often an error or login page"
+        )
+    magic = _MAGIC.get(kind)
+    if magic is not None and not head.startswith(magic):
+        raise _UrlFailed(
+            f"not a {kind.upper()} file: the body starts {shown}, expected {magic!r}"
+        )
+    if kind == "text" and b"\x00" in head:
+        raise _UrlFailed(f"expected a text file but the body has NUL bytes (starts {shown})")
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+class _Transfer:
+    """One URL streamed into an open temporary file, resumable across attempts."""
+
+    def __init__(self, url: str, sink, kind: str, timeout: float, chunk_size: int):
+        self.url, self.sink, self.kind = url, sink, kind
+        self.timeout, self.chunk_size = timeout, chunk_size
+        self.restart()
+
+    def restart(self) -> None:
+        self.sink.seek(0)
+        self.sink.truncate()
+        self.digest = hashlib.sha256()
+        self.written = 0
+
+    def attempt(self) -> None:
+        """Fetch the rest of the body; raise _Transient or _UrlFailed on failure."""
+        headers = {"User-Agent": USER_AGENT}
+        if self.written:
+            headers["Range"] = f"bytes={self.written}-"
+        request = urllib.request.Request(self.url, headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as err:
+            err.close()
+            problem = f"HTTP {err.code} {err.reason}"
+            if err.code == 416 and self.written:  # our resume point is wrong: start over
+                self.restart()
+                raise _Transient(problem) from None
+            if err.code >= 500 or err.code in (408, 429):
+                raise _Transient(problem) from None
+            raise _UrlFailed(problem) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", None) or err
+            raise _Transient(f"connection error: {reason}") from None
+        with response:
+            self._read_body(response)
+
+    def _read_body(self, response) -> None:
+        status = getattr(response, "status", None) or 200
+        length = response.headers.get("Content-Length")
+        content_type = response.headers.get("Content-Type", "")
+        if self.written and status == 206:
+            resumed_at = response.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
+            if resumed_at != str(self.written):
+                self.restart()
+                raise _Transient(f"the server resumed at byte {resumed_at or '?'}; starting over")
+        elif self.written:
+            log.info("%s: the server ignored the resume request; starting over", self.url)
+            self.restart()
+        expected = self.written + int(length) if length and length.isdigit() else None
+        sniffed = self.written > 0  # a resumed body was sniffed on its first attempt
+        pending = b""
+        last_report = time.monotonic()
+        while True:
+            try:
+                block = response.read(self.chunk_size)
+            except (OSError, http.client.HTTPException) as err:
+                raise _Transient(f"connection lost after {self.written} bytes: {err}") from None
+            if not sniffed:
+                # Hold back the first bytes until there are enough to sniff the format.
+                pending += block
+                if block and len(pending) < _SNIFF_BYTES:
+                    continue
+                if pending:
+                    _check_head(pending, self.kind, content_type)
+                sniffed = True
+                block, pending = pending, b""
+            if not block:
+                break
+            try:
+                self.sink.write(block)
+            except OSError as err:  # disk full, quota: not the server's fault, do not retry
+                raise DownloadError(f"{self.url}: cannot write {self.sink.name}: {err}") from None
+            self.digest.update(block)
+            self.written += len(block)
+            if time.monotonic() - last_report > _PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                of = f" of {expected / 1e6:.1f} MB" if expected else ""
+                log.info("%s: %.1f MB%s", self.url, self.written / 1e6, of)
+        if expected is not None and self.written != expected:
+            raise _Transient(
+                f"truncated body: received {self.written} of {expected} bytes (Content-Length)"
+            )
+        if self.written == 0:
+            raise _UrlFailed("empty body")
+
+
+def _fetch(url, sink, kind, retries, backoff, timeout, chunk_size) -> tuple[str, int]:
+    transfer = _Transfer(url, sink, kind, timeout, chunk_size)
+    for attempt in range(retries + 1):
+        try:
+            transfer.attempt()
+            sink.flush()
+            return transfer.digest.hexdigest(), transfer.written
+        except _Transient as exc:
+            if attempt == retries:
+                raise _UrlFailed(f"{exc} (gave up after {retries + 1} attempts)") from None
+            delay = backoff * 2**attempt
+            log.warning(
+                "%s: %s; retry %d of %d in %.1f s", url, exc, attempt + 1, retries, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def download(
+    urls: list[str] | str,
+    out: str | os.PathLike,
+    sha256: str | None = None,
+    checksums_tsv: str | os.PathLike | None = None,
+    require_checksum: bool = False,
+    retries: int = 4,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """Download ``out`` from the first of ``urls`` that gives a file passing every check.
+
+    The expected sha256 is ``sha256`` or the manifest's row for ``out``'s file name. Without
+    one, ``require_checksum`` makes this an error; otherwise the sha256 and size of the first
+    good download are recorded in ``checksums_tsv``. On any failure nothing is left at ``out``.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    out = Path(out)
+    name = out.name
+    if not urls:
+        raise DownloadError(f"no URL given for {out}")
+    rows = read_checksums(checksums_tsv)
+    row = rows.get(name, {})
+    known_sha = (row.get("sha256") or "").strip().lower() or None
+    known_size = int(row["size"]) if (row.get("size") or "").strip().isdigit() else None
+    if sha256 and known_sha and sha256.strip().lower() != known_sha:
+        raise DownloadError(
+            f"{name}: the sha256 given ({sha256}) differs from the one in {checksums_tsv} "
+            f"({known_sha}); fix one of them"
+        )
+    expected = (sha256 or "").strip().lower() or known_sha
+    if expected is None and require_checksum:
+        raise DownloadError(
+            f"{', '.join(urls)}: no sha256 is known for {name} and checksums are required; "
+            f"give one (--sha256, config downloads.{name}.sha256) or record it in "
+            f"{checksums_tsv or DEFAULT_CHECKSUMS}"
+        )
+
+    if out.exists():
+        if expected is not None and sha256_of(out) == expected:
+            log.info("%s is already present with the expected sha256; not downloading", out)
+            return out
+        out.unlink()  # unverifiable or wrong: never leave it looking like a good download
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kind = file_kind(out)
+    failures = []
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            for url in urls:
+                log.info("downloading %s from %s", out, url)
+                try:
+                    got_sha, size = _fetch(url, sink, kind, retries, backoff, timeout, chunk_size)
+                    if expected is not None and got_sha != expected:
+                        raise _UrlFailed(f"sha256 mismatch: expected {expected}, got {got_sha}")
+                    if known_size is not None and size != known_size:
+                        raise _UrlFailed(f"size mismatch: expected {known_size} bytes, got {size}")
+                except _UrlFailed as exc:
+                    log.warning("%s: %s", url, exc)
+                    failures.append(f"{url}: {exc}")
+                    continue
+                break
+            else:
+                detail = "\n  ".join(failures)
+                raise DownloadError(
+                    f"could not download {name} from {len(urls)} URL(s):\n  {detail}"
+                )
+            sink.flush()
+            os.fsync(sink.fileno())
+        _usual_permissions(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    log.info("downloaded %s (%d bytes, sha256 %s) from %s", out, size, got_sha, url)
+    if checksums_tsv is not None and known_sha is None:
+        # A checksum verified against the caller's, or the first one seen: keep it.
+        record_checksum(checksums_tsv, name, got_sha, size, url)
+        if expected is None:
+            log.warning(
+                "no checksum was known for %s: recorded sha256 %s and size %d in %s "
+                "(first download; commit it so later downloads are verified)",
+                name, got_sha, size, checksums_tsv,
+            )
+    elif expected is None:
+        log.warning("no checksum known for %s and none recorded (sha256 %s)", name, got_sha)
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_download_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "download",
+        help="download a file with retries, format and checksum checks",
+        description="Download one file: mirrors tried in order, streamed to a temporary file "
+        "and renamed only when the format and the sha256 check pass.",
+    )
+    parser.add_argument(
+        "--url", action="append", required=True, help="source URL; repeat for mirrors"
+    )
+    parser.add_argument("--out", required=True, help="destination path")
+    parser.add_argument("--sha256", default=None, help="expected sha256 (hex)")
+    parser.add_argument(
+        "--checksums",
+        default=None,
+        metavar="TSV",
+        help="checksums manifest to read the expected sha256 from and to record it in "
+        f"when unknown (for example {DEFAULT_CHECKSUMS})",
+    )
+    parser.add_argument(
+        "--require-checksum", action="store_true", help="fail when no sha256 is known"
+    )
+    parser.add_argument("--retries", type=int, default=4, help="retries per URL (default 4)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)"
+    )
+    parser.set_defaults(func=run_download)
+    return parser
+
+
+def run_download(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        download(
+            args.url,
+            args.out,
+            sha256=args.sha256,
+            checksums_tsv=args.checksums,
+            require_checksum=args.require_checksum,
+            retries=args.retries,
+            timeout=args.timeout,
+        )
+    except DownloadError as err:
+        raise SystemExit(f"samsbench download: {err}") from None
+    return 0

@@ -1,0 +1,17 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+from samsbench.data.download import download  # noqa: E402
+
+source = snakemake.params.source
+download(
+    source["urls"],
+    snakemake.output[0],
+    sha256=source.get("sha256"),
+    checksums_tsv=snakemake.params.checksums,
+    require_checksum=bool(snakemake.params.require_checksum),
+)

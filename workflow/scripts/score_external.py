@@ -1,0 +1,16 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+from samsbench import tasks  # noqa: E402
+
+tasks.score_external(
+    dict(snakemake.params.run),
+    snakemake.input.data,
+    snakemake.input.split,
+    snakemake.input.predictions,
+    snakemake.output[0],
+)
