@@ -109,3 +109,17 @@ def test_dosage_gather_equals_dense_product():
     torch.testing.assert_close(dose.apply(A), dose.dense @ A)
     r = torch.randn(4, 3)
     torch.testing.assert_close(dose.charge(r), r @ dose.dense.T)
+
+
+def test_analytic_bernoulli_kl_matches_expectation_of_sampled_term():
+    from samsbench.nn import bernoulli_kl
+
+    logits = torch.tensor([-1.0, 0.3, 2.0])
+    prior = math.log(0.1 / 0.9)
+    q = torch.sigmoid(logits)
+    exact = q * torch.log(q / 0.1) + (1 - q) * torch.log((1 - q) / 0.9)
+    torch.testing.assert_close(bernoulli_kl(logits, prior), exact)
+    torch.manual_seed(0)
+    m = st_bernoulli_sample(logits, (200000,)).detach()
+    mc = -(bernoulli_log_prob(torch.tensor(prior), m) - bernoulli_log_prob(logits, m)).mean(0)
+    np.testing.assert_allclose(mc.numpy(), exact.numpy(), atol=0.01)

@@ -23,10 +23,12 @@ TINY_CONFIG = {
                        "embedding_encoder_n_hidden": 8, "mask_prior_prob": 0.2},
     "models": {"sams_vae": {"family": "sams_vae"},
                "svae_plus": {"family": "svae_plus", "encoding": "unique"},
-               "additive_mean": {"family": "additive_mean"}},
+               "additive_mean": {"family": "additive_mean"},
+               # a model added through the plug-in contract alone: one file, one config block
+               "toy": {"family": os.path.join(ROOT, "tests/plugins/toy_model.py") + ":HalfShift"}},
     "experiments": {"tiny": {
         "dataset": "sim", "splits": ["random", "ood"],
-        "models": ["sams_vae", "svae_plus", "additive_mean"], "seeds": [0],
+        "models": ["sams_vae", "svae_plus", "additive_mean", "toy"], "seeds": [0],
         "training": {"max_steps": 20, "batch_size": 64, "val_every": 10, "iwelbo_particles": 10},
         "evaluation": {"ate_particles": 40, "iwelbo_particles": 10}}},
 }
@@ -58,7 +60,9 @@ def test_metrics_table_is_tidy_and_complete(finished):
     table = pd.read_csv(finished / "results/tiny/metrics.tsv", sep="\t")
     assert list(table.columns[:9]) == ["experiment", "dataset", "model", "family", "split", "seed",
                                        "metric", "subset", "value"]
-    assert set(table["model"]) == {"sams_vae", "svae_plus", "additive_mean"}
+    assert set(table["model"]) == {"sams_vae", "svae_plus", "additive_mean", "toy"}
+    toy = table[(table["model"] == "toy") & (table["metric"] == "ate_pearson")]
+    assert len(toy) and toy["value"].between(0.5, 1.0).all()
     assert set(table["split"]) == {"random", "ood"}
     assert table["value"].notna().all()
     sams = table[(table["model"] == "sams_vae") & (table["split"] == "random")]

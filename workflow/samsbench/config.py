@@ -7,12 +7,37 @@ defined the same way with or without Snakemake.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import os
+import re
 
 import jsonschema
 import yaml
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
+
+
+# The paper's constants (models.md §7); config.yaml's model_defaults, an experiment's
+# model_defaults and a model's own block override them in that order.
+PAPER_MODEL_DEFAULTS = {
+    "n_latent": 100,
+    "n_layers": 1,
+    "encoder_n_hidden": 400,
+    "decoder_n_hidden": 400,
+    "likelihood": "library_nb",
+    "encoder_input_normalization": "log_standardize",
+    "embedding_prior_scale": 1.0,
+    "mask_prior_prob": 0.01,
+    "mean_field_encoder": False,
+    "embedding_encoder_n_layers": 2,
+    "embedding_encoder_n_hidden": 200,
+    "mask_beta_concentration_1": 1.0,
+    "mask_beta_concentration_2": 2.0,
+    "mask_init_logits": 0.0,
+    "mask_kl": "sample",
+    "encoding": "additive",
+}
 
 
 class ConfigError(ValueError):
@@ -45,6 +70,14 @@ def validate(config: dict) -> dict:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"config.yaml: {where}: {e.message}")
+    if expand_grids(config):
+        # the generated splits and models get their defaults and checks like written ones
+        errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = "/".join(str(p) for p in e.absolute_path)
+            raise ConfigError(f"config.yaml (after expanding grids): {where}: {e.message}")
+    apply_budget_scale(config)
     check_references(config)
     return config
 
@@ -69,11 +102,10 @@ def load(path: str = "config.yaml") -> dict:
 
 
 def model_hyperparameters(config: dict, experiment: str, model: str) -> dict:
-    """Global model defaults < experiment model defaults < the model's own block."""
+    """Paper constants < global model defaults < experiment model defaults < the model's block."""
     exp = config["experiments"][experiment]
-    hp = {**config.get("model_defaults", {}), **exp.get("model_defaults", {}),
-          **config["models"][model]}
-    return hp
+    return {**PAPER_MODEL_DEFAULTS, **config.get("model_defaults", {}),
+            **exp.get("model_defaults", {}), **config["models"][model]}
 
 
 def runs(config: dict, experiment: str) -> list[dict]:
@@ -89,4 +121,170 @@ def runs(config: dict, experiment: str) -> list[dict]:
                     "split": split, "seed": int(seed), "dataset": exp["dataset"],
                     "dir": f"{config.get('results', 'results')}/{experiment}/runs/{model}/{split}/seed{seed}",
                 })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids and the training-budget switch (issue 7: the paper's experiments).
+#
+# An experiment may declare `split_grid` and `model_grid` instead of (or besides) listing named
+# splits and models. Validation expands them into concrete named entries of config["splits"] /
+# config["models"] and appends the names to the experiment's lists, so every rule downstream
+# sees ordinary named splits and models. Names are deterministic and path-safe, e.g.
+# `ood_f0.25_s3` or `sams_vae_L2_mfe_unique`. Configs without grids are left untouched.
+
+SPLIT_PREFIX = {"random": "random", "ood": "ood", "data_efficiency": "de"}
+# Model-name tokens: canonical order first, other keys after in alphabetical order.
+MODEL_TOKEN_ORDER = ["n_latent", "n_layers", "mask_prior_prob", "mask_beta_concentration_1",
+                     "mask_beta_concentration_2", "mean_field_encoder", "encoding"]
+MODEL_TOKEN_ABBREV = {
+    "n_latent": "K", "n_layers": "L", "mask_prior_prob": "pi",
+    "mask_beta_concentration_1": "a", "mask_beta_concentration_2": "b",
+    "mean_field_encoder": "mfe", "encoder_n_hidden": "H", "decoder_n_hidden": "DH",
+    "embedding_encoder_n_layers": "EL", "embedding_encoder_n_hidden": "EH",
+    "embedding_prior_scale": "es", "mask_init_logits": "mi",
+}
+BUDGET_KEYS = ("max_steps", "val_every", "checkpoint_every")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _number_token(x, dot: str = ".") -> str:
+    """Short, exact text for a number: 1.0 -> '1', 0.25 -> '0.25'; with dot='p' (model names,
+    whose wildcard forbids '.') powers of ten below 1 read 1e-2 and others 0p25."""
+    if isinstance(x, bool):
+        raise TypeError("booleans are not numbers here")
+    if float(x) == int(x):
+        return str(int(x))
+    text = f"{float(x):g}"
+    if dot == ".":
+        return text
+    if 0 < float(x) < 1:
+        exponent = round(math.log10(float(x)))
+        if f"{10.0 ** exponent:g}" == text:
+            return f"1e{exponent}"
+    return text.replace(".", dot)
+
+
+def split_grid_entries(grid: dict) -> list[tuple[str, dict]]:
+    """(name, split block) for every combination of a split grid, fractions outer."""
+    kind = grid["kind"]
+    prefix = grid.get("prefix") or SPLIT_PREFIX[kind]
+    out = []
+    for fraction in _as_list(grid.get("fraction", 1.0)):
+        for test_fraction in _as_list(grid.get("test_fraction", 0.25)):
+            for seed in _as_list(grid.get("seed", 0)):
+                tokens = [prefix]
+                if kind != "random":
+                    tokens.append(f"f{_number_token(fraction)}")
+                if kind == "ood" and float(test_fraction) != 0.25:
+                    tokens.append(f"t{_number_token(test_fraction)}")
+                tokens.append(f"s{int(seed)}")
+                block = {"kind": kind, "seed": int(seed), "fraction": float(fraction),
+                         "test_fraction": float(test_fraction)}
+                out.append(("_".join(tokens), block))
+    return out
+
+
+def _model_token(key: str, value) -> str:
+    if isinstance(value, bool):
+        return MODEL_TOKEN_ABBREV.get(key, key) if value else ""
+    if isinstance(value, (int, float)):
+        return f"{MODEL_TOKEN_ABBREV.get(key, key)}{_number_token(value, dot='p')}"
+    return str(value)
+
+
+def model_grid_entries(config: dict, grid: dict) -> list[tuple[str, dict]]:
+    """(name, model block) for every combination of one model_grid entry."""
+    base = grid["model"]
+    if base not in config["models"]:
+        raise ConfigError(f"model_grid: unknown base model {base!r}; known: {sorted(config['models'])}")
+    keys = [k for k in grid if k != "model"]
+    if "family" in keys:
+        raise ConfigError("model_grid: set `family` on the base model, not in the grid")
+    keys.sort(key=lambda k: (MODEL_TOKEN_ORDER.index(k) if k in MODEL_TOKEN_ORDER
+                             else len(MODEL_TOKEN_ORDER), k))
+    out = []
+    for values in itertools.product(*(_as_list(grid[k]) for k in keys)):
+        overrides = dict(zip(keys, values))
+        tokens = [_model_token(k, v) for k, v in overrides.items()]
+        name = "_".join([base] + [t for t in tokens if t])
+        out.append((name, {**config["models"][base], **overrides}))
+    return out
+
+
+def _add_named(table: dict, name: str, block: dict, what: str, experiment: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
+        raise ConfigError(f"experiment {experiment}: generated {what} name {name!r} is not path-safe")
+    if name in table and table[name] != block:
+        raise ConfigError(
+            f"experiment {experiment}: the {what} grid makes {name!r} = {block}, but a different "
+            f"{what} of that name exists: {table[name]}")
+    table[name] = block
+
+
+def expand_grids(config: dict) -> bool:
+    """Expand every experiment's split_grid / model_grid in place; True if any was found.
+
+    Idempotent: expanding an already expanded config changes nothing.
+    """
+    found = False
+    for name, exp in config["experiments"].items():
+        if exp.get("split_grid") is not None:
+            found = True
+            names = list(exp.get("splits", []))
+            for grid in _as_list(exp["split_grid"]):
+                for split_name, block in split_grid_entries(grid):
+                    _add_named(config["splits"], split_name, block, "split", name)
+                    names.append(split_name)
+            exp["splits"] = list(dict.fromkeys(names))
+        if exp.get("model_grid") is not None:
+            found = True
+            names = list(exp.get("models", []))
+            for grid in exp["model_grid"]:
+                for model_name, block in model_grid_entries(config, grid):
+                    _add_named(config["models"], model_name, block, "model", name)
+                    names.append(model_name)
+            exp["models"] = list(dict.fromkeys(names))
+        if not exp.get("splits") or not exp.get("models"):
+            raise ConfigError(f"experiment {name}: needs splits (or split_grid) and models "
+                              f"(or model_grid)")
+    return found
+
+
+def apply_budget_scale(config: dict) -> None:
+    """Multiply every experiment's max_steps / val_every / checkpoint_every by budget_scale
+    (at least 1 step). The unscaled values are kept in training["unscaled"], so validating the
+    same config twice does not scale twice; with budget_scale 1 nothing is touched."""
+    scale = float(config.get("budget_scale", 1.0))
+    for exp in config["experiments"].values():
+        training = exp.setdefault("training", {})
+        if scale == 1.0 and "unscaled" not in training:
+            continue
+        base = training.get("unscaled") or {k: training.get(k) for k in BUDGET_KEYS}
+        training["unscaled"] = dict(base)
+        for key in BUDGET_KEYS:
+            if base.get(key) is not None:
+                training[key] = max(1, int(round(base[key] * scale)))
+
+
+def experiment_run_settings(config: dict, experiment: str) -> list[dict]:
+    """Each run of an experiment with the settings the paper's tables group by: effective
+    model hyperparameters and the split's kind, fraction and seed (split_seed)."""
+    out = []
+    for run in runs(config, experiment):
+        hp = model_hyperparameters(config, experiment, run["model"])
+        split = config["splits"][run["split"]]
+        out.append({
+            **run,
+            "n_latent": hp.get("n_latent"), "n_layers": hp.get("n_layers"),
+            "encoding": hp.get("encoding", "additive"),
+            "mean_field_encoder": bool(hp.get("mean_field_encoder", False)),
+            "mask_prior_prob": hp.get("mask_prior_prob"),
+            "mask_beta_concentration_2": hp.get("mask_beta_concentration_2"),
+            "split_kind": split["kind"], "fraction": float(split.get("fraction", 1.0)),
+            "split_seed": int(split.get("seed", 0)),
+        })
     return out

@@ -216,5 +216,14 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     return -F.binary_cross_entropy_with_logits(clamped_logits, value, reduction="none")
 
 
+def bernoulli_kl(logits: torch.Tensor, prior_logit: float) -> torch.Tensor:
+    """KL(Bernoulli(sigmoid(logits)) || Bernoulli(sigmoid(prior_logit))), elementwise."""
+    q = torch.sigmoid(logits)
+    log_q, log_1mq = F.logsigmoid(logits), F.logsigmoid(-logits)
+    log_p = F.logsigmoid(torch.tensor(prior_logit))
+    log_1mp = F.logsigmoid(torch.tensor(-prior_logit))
+    return q * (log_q - log_p) + (1 - q) * (log_1mq - log_1mp)
+
+
 def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)

@@ -13,8 +13,8 @@ from torch import nn
 from torch.distributions import Normal
 
 from samsbench.models.base import LatentModel, standard_normal_like
-from samsbench.nn import (Decoder, GaussianEncoder, OneHotRows, bernoulli_log_prob, logit,
-                          st_bernoulli_sample)
+from samsbench.nn import (Decoder, GaussianEncoder, OneHotRows, bernoulli_kl, bernoulli_log_prob,
+                          logit, st_bernoulli_sample)
 
 
 class SamsVAE(LatentModel):
@@ -27,6 +27,11 @@ class SamsVAE(LatentModel):
         self.n_latent = K
         self.mean_field_encoder = bool(hp.get("mean_field_encoder", False))
         self.mask_prior_logit = logit(float(hp["mask_prior_prob"]))
+        # "sample" (the reference): the mask's log p - log q at the sampled mask, a one-sample
+        # estimate; "analytic": minus the exact Bernoulli KL, same expectation, no noise.
+        self.mask_kl = hp.get("mask_kl", "sample")
+        if self.mask_kl not in ("sample", "analytic"):
+            raise ValueError(f"mask_kl must be 'sample' or 'analytic', got {self.mask_kl!r}")
         self.embedding_prior_scale = float(hp.get("embedding_prior_scale", 1.0))
         self.mask_logits = nn.Parameter(torch.full((T, K), float(hp.get("mask_init_logits", 0.0))))
         if self.correlated:
@@ -53,13 +58,13 @@ class SamsVAE(LatentModel):
         mask = st_bernoulli_sample(self.mask_logits, (n_particles,))
         qE = self.q_embedding(mask)
         E = qE.rsample() if self.correlated else qE.rsample((n_particles,))
-        log_ratio = (
-            bernoulli_log_prob(torch.tensor(self.mask_prior_logit), mask)
-            - bernoulli_log_prob(self.mask_logits, mask)
-            + Normal(0.0, self.embedding_prior_scale).log_prob(E)
-            - qE.log_prob(E)
-        ).sum(-1)
-        return {"mask": mask, "E": E}, log_ratio
+        log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
+        if self.mask_kl == "sample":
+            prior = torch.tensor(self.mask_prior_logit)
+            mask_ratio = bernoulli_log_prob(prior, mask) - bernoulli_log_prob(self.mask_logits, mask)
+        else:
+            mask_ratio = -bernoulli_kl(self.mask_logits, self.mask_prior_logit).expand_as(mask)
+        return {"mask": mask, "E": E}, log_ratio + mask_ratio.sum(-1)
 
     def cell_context(self, dose, g):
         return dose.apply(g["mask"] * g["E"])  # (P, n, K) latent shift D @ (M * E)
