@@ -14,6 +14,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/enrich.smk"
+include: "workflow/rules/paper.smk"
 
 
 rule all:

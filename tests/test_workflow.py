@@ -91,7 +91,7 @@ def test_same_seed_gives_byte_identical_metrics(finished, tmp_path):
 def test_report_has_figures(finished):
     snakemake(finished, "--report", "results/report.html")
     html = (finished / "results/report.html").read_text(errors="replace")
-    assert "ate_metrics.png" in html and "mask_heatmaps.png" in html
+    assert "ate_metrics.png" in html and "mask_heatmaps.png" in html and "complex_recovery.png" in html
 
 
 def test_bad_config_gets_a_readable_error(tmp_path):

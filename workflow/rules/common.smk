@@ -1,5 +1,6 @@
 # Shared helpers: config validation (defaults filled, readable errors) and the list of runs.
 import samsbench.config as sbconfig
+import samsbench.enrich as sbenrich
 
 sbconfig.validate(config)
 RESULTS = config["results"]
@@ -49,11 +50,17 @@ def all_targets():
     targets = []
     for experiment in config["run"]:
         targets.append(f"{RESULTS}/{experiment}/metrics.tsv")
-        targets.extend(figure_files(experiment))
+        # paper experiments (a `paper:` block): the paper's tables and figures (paper.smk)
+        # instead of the generic figures, whose per-run panels do not scale to 1,125 runs
+        if config["experiments"][experiment].get("paper"):
+            targets.extend(paper_targets(experiment))
+        else:
+            targets.extend(figure_files(experiment))
+        targets.extend(sbenrich.workflow_targets(config, experiment, RESULTS))
     return targets
 
 
-FIGURES = ["ate_metrics", "iwelbo", "training_curves", "mask_heatmaps"]
+FIGURES = ["ate_metrics", "iwelbo", "training_curves"]
 
 
 def figure_files(experiment):

@@ -1,39 +1,18 @@
 # Predictions (h5ad), metrics per run, and the experiment's tidy metrics table.
 
 
-rule predict:
-    input:
-        data=prepared,
-        split=split_file,
-        model=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/model.pt",
-    output:
-        f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
-    log:
-        f"{RESULTS}/logs/predict/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/{{experiment}}/benchmarks/predict/{{model}}/{{split}}/seed{{seed}}.tsv"
-    conda:
-        "../../envs/samsbench.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    params:
-        evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
-        device=config["device"],
-    script:
-        "../scripts/predict.py"
-
-
 rule evaluate:
     input:
         data=prepared,
         split=split_file,
         model=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/model.pt",
-        predictions=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
     output:
-        f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/metrics.tsv",
+        predictions=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
+        metrics=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/metrics.tsv",
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/evaluate/{{model}}/{{split}}/seed{{seed}}.tsv"
     conda:
         "../../envs/samsbench.yaml"
     threads: 1

@@ -5,10 +5,6 @@ rule figures:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
         histories=lambda wc: [f"{d}/history.tsv" for d in run_dirs(wc.experiment)],
-        latents=lambda wc: [
-            f"{d}/perturbation_latents.h5ad" for d in run_dirs(wc.experiment)
-        ],
-        data=prepared,
     output:
         ate=report(
             f"{RESULTS}/{{experiment}}/figures/ate_metrics.png",
@@ -27,12 +23,6 @@ rule figures:
             caption="../report/training_curves.rst",
             category="{experiment}",
             subcategory="Training",
-        ),
-        masks=report(
-            f"{RESULTS}/{{experiment}}/figures/mask_heatmaps.png",
-            caption="../report/mask_heatmaps.rst",
-            category="{experiment}",
-            subcategory="Latents",
         ),
     log:
         f"{RESULTS}/logs/figures/{{experiment}}.log",

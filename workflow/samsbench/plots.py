@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
@@ -101,51 +100,10 @@ def training_curves(runs: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def grouped_rows(perturbations: list[str], pathways: dict) -> tuple[list[int], list[str]]:
-    """Row order sorted by (pathway, perturbation) and the pathway of each row; perturbations
-    in no pathway come last."""
-    keyed = []
-    for i, label in enumerate(perturbations):
-        name = next((p for p, genes in sorted(pathways.items()) if label in set(genes)), None)
-        keyed.append(((name is None, name or "", label), i, name or "other"))
-    keyed.sort()
-    return [i for _, i, _ in keyed], [n for _, _, n in keyed]
-
-
-def mask_heatmaps(runs: list[dict], data_path: str, path: str) -> None:
-    data = ad.read_h5ad(data_path, backed="r")
-    pathways = {k: list(v) for k, v in dict(data.uns.get("pathways", {})).items()}
-    panels = []
-    for run in runs:
-        latents = ad.read_h5ad(os.path.join(run["dir"], "perturbation_latents.h5ad"))
-        if "mask_prob" in latents.layers:
-            panels.append((run, latents))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 6),
-                             squeeze=False)
-    for ax, (run, latents) in zip(axes[0], panels):
-        order, groups = grouped_rows(list(latents.obs_names), pathways)
-        values = np.asarray(latents.layers["mask_prob"])[order]
-        sns.heatmap(values, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=ax is axes[0][-1],
-                    yticklabels=False, xticklabels=False)
-        for row in range(1, len(groups)):
-            if groups[row] != groups[row - 1]:
-                ax.axhline(row, color="lightgrey", lw=0.8)
-        ax.set_title(f"{run['model']}\n{run['split']} seed {run['seed']}", fontsize=8)
-        ax.set_xlabel("latent dimension")
-        ax.set_ylabel("perturbation (grouped by pathway)")
-    if not panels:
-        axes[0][0].text(0.5, 0.5, "no model with masks", ha="center", va="center")
-        axes[0][0].set_axis_off()
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def experiment_figures(metrics_path: str, runs: list[dict], data_path: str,
-                       outputs: dict) -> None:
+def experiment_figures(metrics_path: str, runs: list[dict], outputs: dict) -> None:
     metrics = pd.read_csv(metrics_path, sep="\t")
     metric_bars(metrics, ["ate_pearson", "ate_r2", "ate_pearson_top20"], "test", outputs["ate"],
                 "Average treatment effects on the test perturbations")
     metric_bars(metrics, ["test_iwelbo", "val_iwelbo"], "test",
                 outputs["iwelbo"], "Held-out IWELBO (higher is better)")
     training_curves(runs, outputs["curves"])
-    mask_heatmaps(runs, data_path, outputs["masks"])

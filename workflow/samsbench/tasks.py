@@ -49,14 +49,17 @@ def load_data(data_path: str, split_path: str, encoding: str = "additive",
 
 
 def train_run(data_path: str, split_path: str, hp: dict, training: dict, run_dir: str,
-              seed: int, device: str = "auto", progress: bool = True) -> dict:
-    """Train one model on one split with one seed; writes the run directory."""
+              seed: int, device: str = "auto", progress: bool = True,
+              identity: dict | None = None) -> dict:
+    """Train one model on one split with one seed; writes the run directory. ``identity``
+    (experiment, model, split, ...) is recorded in summary.json."""
     hp = dict(hp)
     family = hp.pop("family")
     data = load_data(data_path, split_path, hp.get("encoding", "additive"), device)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = registry.build(family, len(data.genes), data.columns, hp)
-    summary = inference.train(model, family, hp, data, training, run_dir, seed, progress)
+    identity = {**(identity or {}), "seed": seed}
+    summary = inference.train(model, family, hp, data, training, run_dir, seed, progress, identity)
     write_perturbation_latents(model, data, os.path.join(run_dir, "perturbation_latents.h5ad"))
     return summary
 
@@ -66,8 +69,7 @@ def write_perturbation_latents(model, data: PerturbationData, path: str) -> None
     layers = model.perturbation_latents() if hasattr(model, "perturbation_latents") else {}
     n_latent = next(iter(layers.values())).shape[1] if layers else 0
     obs = pd.DataFrame(index=pd.Index(data.columns, name="perturbation"))
-    # Target genes: the perturbation label's components (the dataset's obs["gene"] if present).
-    obs["target_genes"] = [c for c in data.columns]
+    obs["target_genes"] = data.target_genes
     adata = ad.AnnData(X=np.zeros((len(data.columns), n_latent), dtype=np.float32), obs=obs,
                        var=pd.DataFrame(index=[f"z{k}" for k in range(n_latent)]))
     for name, value in layers.items():

@@ -10,13 +10,23 @@ import torch  # noqa: E402
 from samsbench import tasks  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
+evaluation = snakemake.params.evaluation
+tasks.predict_run(
+    snakemake.input.data,
+    snakemake.input.split,
+    snakemake.input.model,
+    snakemake.output.predictions,
+    n_particles=evaluation["ate_particles"],
+    chunk=evaluation["ate_chunk"],
+    device=snakemake.params.device,
+)
 tasks.evaluate_run(
     dict(snakemake.params.run),
     snakemake.input.data,
     snakemake.input.split,
-    snakemake.input.predictions,
+    snakemake.output.predictions,
     snakemake.input.model,
-    snakemake.output[0],
-    iwelbo_particles=snakemake.params.evaluation["iwelbo_particles"],
+    snakemake.output.metrics,
+    iwelbo_particles=evaluation["iwelbo_particles"],
     device=snakemake.params.device,
 )

@@ -10,6 +10,5 @@ from samsbench import plots  # noqa: E402
 plots.experiment_figures(
     metrics_path=snakemake.input.metrics,
     runs=list(snakemake.params.runs),
-    data_path=snakemake.input.data,
     outputs=dict(snakemake.output.items()),
 )

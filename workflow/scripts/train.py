@@ -18,4 +18,5 @@ tasks.train_run(
     os.path.dirname(snakemake.output.model),
     seed=snakemake.params.run["seed"],
     device=snakemake.params.device,
+    identity=dict(snakemake.params.run),
 )

@@ -83,6 +83,11 @@ class PerturbationData:
         self.library = self.X.sum(1)
         self.columns = self._columns()
         self.codes = self.codes_for(self.labels)
+        # Target gene(s) of each label: obs["gene"] where the dataset has it (Replogle guide
+        # pairs target one gene), else the label itself (labels are gene symbols).
+        genes = adata.obs["gene"].astype(str).to_numpy() if "gene" in adata.obs else self.labels
+        first = dict(zip(self.labels[::-1], genes[::-1]))
+        self.target_genes = [first.get(c, c) for c in self.columns]
 
     # -- dosage encoding ----------------------------------------------------------------
     def _columns(self) -> list[str]:

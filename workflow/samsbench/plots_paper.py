@@ -1,0 +1,409 @@
+"""The paper's figures and rendered tables (reference/data_and_evaluation.md §6).
+
+Colours come from plots.FAMILY_COLOURS, so a model has the same colour in every figure.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import CenteredNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from samsbench import paper  # noqa: E402
+from samsbench.plots import FAMILY_COLOURS, FAMILY_LABELS  # noqa: E402
+
+# The bar plots' display names (reference §6): the paper's SAMS-VAE is the correlated guide.
+BAR_LABELS = {"sams_vae": "SAMS-VAE", "cpa_vae": "CPA-VAE", "conditional_vae": "Conditional VAE",
+              "svae_plus": "SVAE+"}
+
+
+def label(family: str, encoding: str | None = None, short: bool = False) -> str:
+    text = (BAR_LABELS if short else FAMILY_LABELS).get(family, family)
+    if encoding == "unique":
+        text += " (unique)"
+    return text
+
+
+def colour(family: str):
+    return FAMILY_COLOURS.get(family, "#444444")
+
+
+def save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _no_data(ax, text="no runs with this metric"):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _fraction_ticks(ax, fractions):
+    ax.set_xticks(range(len(fractions)))
+    ax.set_xticklabels([f"{f:g}" for f in fractions])
+
+
+# ----------------------------------------------------------------------------- Norman
+
+
+def norman_bars(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title: str,
+                path: str) -> None:
+    """Grouped bars per fraction, one bar per model (SAMS-VAE, CPA-VAE, Conditional VAE,
+    SVAE+), error bars ±1 sd over split seeds, a black line at 0, legend outside right."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    rows = rows[rows["family"].isin(paper.BAR_FAMILIES)]
+    fractions = sorted(rows["fraction"].unique()) if len(rows) else []
+    families = [f for f in paper.BAR_FAMILIES if f in set(rows["family"])]
+    width = 1 / (len(families) + 2) if families else 0.2
+    drawn = False
+    for i, family in enumerate(families):
+        part = rows[rows["family"] == family].set_index("fraction").reindex(fractions)
+        x = np.arange(len(fractions)) + (i - (len(families) - 1) / 2) * width
+        means = part[f"{metric}_mean"].to_numpy(dtype=float)
+        sds = np.nan_to_num(part[f"{metric}_sd"].to_numpy(dtype=float))
+        encoding = part["encoding"].dropna().iloc[0] if part["encoding"].notna().any() else None
+        ax.bar(x, means, width, yerr=sds, capsize=2, color=colour(family),
+               label=label(family, encoding, short=True), edgecolor="black", linewidth=0.4)
+        drawn = drawn or np.isfinite(means).any()
+    ax.axhline(0, color="black", lw=0.8)
+    _fraction_ticks(ax, fractions)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 40)))
+    ax.set_title(title)
+    if families:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="model")
+    if not drawn:
+        _no_data(ax)
+    save(fig, path)
+
+
+def norman_lines(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title: str,
+                 path: str, band: bool = True) -> None:
+    """Mean over split seeds against the fraction, one line per model, ±1 sd band."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    drawn = False
+    for family, part in rows.groupby("family", sort=False):
+        part = part.sort_values("fraction")
+        mean = part[f"{metric}_mean"].to_numpy(dtype=float)
+        if not np.isfinite(mean).any():
+            continue
+        sd = np.nan_to_num(part[f"{metric}_sd"].to_numpy(dtype=float))
+        x = part["fraction"].to_numpy(dtype=float)
+        encoding = part["encoding"].iloc[0]
+        ax.plot(x, mean, marker="o", ms=4, color=colour(family), label=label(family, encoding))
+        if band:
+            ax.fill_between(x, mean - sd, mean + sd, color=colour(family), alpha=0.25, lw=0)
+        drawn = True
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 40)))
+    ax.set_title(title)
+    if drawn:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="model")
+        fractions = sorted(rows["fraction"].unique())
+        ax.set_xticks(fractions)
+        ax.set_xticklabels([f"{f:g}" for f in fractions])
+    else:
+        _no_data(ax)
+    save(fig, path)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def table_png(frame: pd.DataFrame, path: str, title: str, note: str = "") -> None:
+    """A table rendered as an image (for the report and slides); the TSV is the data."""
+    row_h, title_h, note_h = 0.24, 0.45, (0.3 if note else 0.05)
+    n_rows = max(len(frame), 1)
+    widths = [max([len(str(c)), 3] + [len(str(v)) for v in frame[c]]) + 2 for c in frame.columns]
+    total = max(sum(widths), 1)
+    fig_w = min(max(0.085 * total, 0.09 * len(title) + 0.5, 4.0), 24)
+    table_h = row_h * (n_rows + 1)
+    fig_h = table_h + title_h + note_h
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([0.005, note_h / fig_h, 0.99, table_h / fig_h])
+    ax.set_axis_off()
+    if len(frame) and len(frame.columns):
+        table = ax.table(cellText=frame.astype(str).to_numpy(), colLabels=list(frame.columns),
+                         cellLoc="center", colWidths=[w / total for w in widths],
+                         bbox=[0, 0, 1, 1])
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        for (r, _), cell in table.get_celld().items():
+            cell.set_linewidth(0.3)
+            if r == 0:
+                cell.set_facecolor("#e8e8e8")
+                cell.set_text_props(weight="bold")
+            elif r % 2 == 0:
+                cell.set_facecolor("#f7f7f7")
+    else:
+        _no_data(ax, "empty table")
+    fig.text(0.5, 1 - 0.5 * title_h / fig_h, title, ha="center", va="center", fontsize=10)
+    if note:
+        fig.text(0.005, 0.5 * note_h / fig_h, note, fontsize=7.5, color="#444444",
+                 va="center")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=130)  # no tight bbox: the layout above is already exact
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- Replogle
+
+
+def training_curves(curves: list[tuple[str, str, pd.DataFrame]], path: str) -> None:
+    """Training and validation loss (negative ELBO per cell) against step, one line per model
+    (its figure run). ``curves``: (family, title, history) tuples."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    drawn = False
+    for family, name, hist in curves:
+        if hist.empty:
+            continue
+        for ax, column in zip(axes, ("train_loss", "val_loss")):
+            ax.plot(hist["step"], hist[column], color=colour(family), label=name, lw=1.2)
+        drawn = True
+    for ax, what in zip(axes, ("training", "validation")):
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{what} loss (negative ELBO per cell)")
+        ax.set_title(f"{what} loss")
+        if drawn:
+            low, high = _robust_limits(ax)
+            if low is not None:
+                ax.set_ylim(low, high)
+        else:
+            _no_data(ax, "no training history")
+    if drawn:
+        axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+                       title="model (figure run)", fontsize=8)
+    save(fig, path)
+
+
+def _robust_limits(ax):
+    """Y range without the first steps' huge losses: minimum to 90th percentile, padded."""
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [np.array([])])
+    values = values[np.isfinite(values)]
+    if len(values) < 4:
+        return None, None
+    low, high = np.percentile(values, [0, 90])
+    pad = 0.08 * (high - low or abs(high) or 1)
+    return low - pad, high + pad
+
+
+def pathway_order(perturbations: list[str], pathways: dict) -> tuple[list[int], list[str]]:
+    """Rows in the pathways sorted by (pathway name, perturbation) and their pathway; a
+    perturbation listed in several pathways is shown in each (as the reference's 345 rows)."""
+    position = {p: i for i, p in enumerate(perturbations)}
+    rows, groups = [], []
+    for name in sorted(pathways):
+        for label in sorted(set(pathways[name])):
+            if label in position:
+                rows.append(position[label])
+                groups.append(name)
+    return rows, groups
+
+
+def latent_heatmaps(panels: list[dict], layer: str, path: str, pathways: dict | None,
+                    title: str) -> None:
+    """One heatmap per model of a per-perturbation latent (rows) × latent dimension.
+
+    layer mask_prob: viridis, 0-1 (reference D2/D3); embedding_mean: diverging, centred at 0
+    (D4). With ``pathways`` only the perturbations in the pathways, sorted by pathway and
+    separated by light-grey lines, pathway names on the left; else every perturbation in the
+    model's column order. ``panels``: dicts with name, family and latents (AnnData).
+    """
+    panels = [p for p in panels if layer in p["latents"].layers]
+    n = max(len(panels), 1)
+    height = 6.5 if pathways else 5.5
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 1.2, height), squeeze=False)
+    cmap = "viridis" if layer == "mask_prob" else "RdBu_r"
+    for ax, panel in zip(axes[0], panels):
+        latents = panel["latents"]
+        values = np.asarray(latents.layers[layer], dtype=float)
+        groups = None
+        if pathways:
+            rows, groups = pathway_order(list(latents.obs_names), pathways)
+            values = values[rows]
+        if layer == "mask_prob":
+            image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0, vmax=1,
+                              interpolation="nearest")
+        else:
+            image = ax.imshow(values, aspect="auto", cmap=cmap, norm=CenteredNorm(),
+                              interpolation="nearest")
+        if values.size == 0:
+            _no_data(ax, "no perturbation in the pathways")
+        bar = fig.colorbar(image, ax=ax, location="top", fraction=0.04, pad=0.02)
+        what = "mask probability q(m)" if layer == "mask_prob" else "embedding mean E[e]"
+        bar.ax.set_title(f"{panel['name']}\n{what}", fontsize=8.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if groups:
+            starts = [0] + [i for i in range(1, len(groups)) if groups[i] != groups[i - 1]]
+            for start in starts[1:]:
+                # light grey as the reference on viridis; darker on the near-white diverging map
+                ax.axhline(start - 0.5, color="lightgrey" if layer == "mask_prob" else "0.45",
+                           lw=0.9)
+            ends = starts[1:] + [len(groups)]
+            ax.set_yticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
+            ax.set_yticklabels([groups[s].replace("_", " ").lower() for s in starts],
+                               fontsize=7)
+            ax.set_ylabel("perturbation, grouped by pathway")
+        else:
+            ax.set_yticks([])
+            ax.set_ylabel(f"perturbation ({values.shape[0]})")
+        ax.set_xlabel(f"latent dimension ({values.shape[1]})")
+    if not panels:
+        _no_data(axes[0][0], "no model with this latent")
+        axes[0][0].set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save(fig, path)
+
+
+# ----------------------------------------------------------------------------- whole sets
+
+XLABELS = {"norman_ood": "Fraction of Combinations in Training Set",
+           "norman_data_efficiency": "Fraction of Combination Cells in Training Set"}
+HELD_OUT = {"norman_ood": "Held Out Combinations", "norman_data_efficiency": "Test Combinations"}
+
+
+def write_tsv(frame: pd.DataFrame, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    frame.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
+    os.replace(tmp, path)
+
+
+def build_norman(metrics_path: str, settings: list[dict], options: dict, outputs: dict,
+                 benchmark_root: str) -> pd.DataFrame:
+    """Every table and figure of one Norman experiment (reference §6.1/6.2)."""
+    kind = options["kind"]
+    metrics = pd.read_csv(metrics_path, sep="\t")
+    runs = paper.add_relative_iwelbo(paper.run_table(metrics, settings))
+    write_tsv(runs, outputs["runs"])
+
+    layers = paper.layer_table(runs)
+    chosen = paper.choose_layers(layers, options.get("n_layers", 1))
+    layers["selected"] = [chosen.get((f, e)) == n for f, e, n in
+                          zip(layers["family"], layers["encoding"], layers["n_layers"])]
+    write_tsv(layers, outputs["layers_tsv"])
+    table_png(paper.layer_display(layers, chosen, FAMILY_LABELS), outputs["layers_png"],
+              f"Validation IWELBO by n_layers at fraction {paper.largest_fraction(runs):g} "
+              "(mean ± sd over split seeds)", note="* n_layers used in the main table and figures")
+
+    main = paper.norman_main_table(runs, chosen)
+    write_tsv(main, outputs["main_tsv"])
+    shown = main.assign(model=[label(f) for f in main["family"]])
+    table_png(paper.display_table(shown, paper.NORMAN_METRICS,
+                                  ["encoding", "model", "fraction", "n_layers"], {}),
+              outputs["main_png"], "Mean ± sd over split seeds (non-mean-field encoder)")
+
+    rows = paper.figure_rows(main)
+    xlabel, held = XLABELS[kind], HELD_OUT[kind]
+    norman_bars(rows, "test_iwelbo_relative", f"Relative IWELBO ({held})", xlabel,
+                "Test IWELBO relative to SAMS-VAE at fraction 0", outputs["bars_iwelbo"])
+    norman_bars(rows, "ate_pearson_test",
+                f"Predicted Average Treatment Effect Correlation ({held})", xlabel,
+                "ATE Pearson r on the test perturbations", outputs["bars_ate"])
+    lines = [
+        ("lines_relative_iwelbo", "test_iwelbo_relative", f"Relative IWELBO ({held})", True),
+        ("lines_ate", "ate_pearson_test", f"ATE Pearson r ({held})", True),
+        ("lines_ate_top20", "ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
+         True),
+        ("lines_iwelbo", "test_iwelbo", f"Test IWELBO ({held})", False),
+        ("lines_iwelbo_band", "test_iwelbo", f"Test IWELBO ({held})", True),
+    ]
+    for key, metric, ylabel, band in lines:
+        norman_lines(rows, metric, ylabel, xlabel, ylabel + (" ± sd" if band else ""),
+                     outputs[key], band=band)
+    _runtime(settings, benchmark_root, outputs)
+    return runs
+
+
+def build_replogle(metrics_path: str, settings: list[dict], options: dict, outputs: dict,
+                   benchmark_root: str, data_path: str) -> pd.DataFrame:
+    """The Replogle tables (settings ranked by validation IWELBO; the model table), training
+    curves and latent heatmaps of each model's figure run (reference §6.3)."""
+    import anndata as ad
+
+    metrics = pd.read_csv(metrics_path, sep="\t")
+    runs = paper.run_table(metrics, settings)
+    write_tsv(runs, outputs["runs"])
+    ranked = paper.replogle_settings(runs, int(options.get("n_latent", 100)))
+    write_tsv(ranked, outputs["settings_tsv"])
+    shown = ranked.assign(model=[label(f) for f in ranked["family"]],
+                          best=ranked["best_for_model"].map({True: "*", False: ""}))
+    table_png(paper.display_table(shown, paper.REPLOGLE_METRICS,
+                                  ["model", "setting", "n_latent", "best"], {}),
+              outputs["settings_png"],
+              "Settings ranked by mean validation IWELBO (mean ± sd over training seeds)",
+              note="* best setting of each model (used in the model table and figures)")
+    models = paper.replogle_models(runs, ranked)
+    write_tsv(models, outputs["models_tsv"])
+    shown = models.assign(model=[label(f) for f in models["family"]])
+    table_png(paper.display_table(shown, ["test_iwelbo", "ate_pearson_all", "val_iwelbo"],
+                                  ["model", "setting", "n_latent", "figure_seed"],
+                                  {"figure_seed": "figure seed"}),
+              outputs["models_png"], "Replogle: test IWELBO and ATE Pearson r "
+              "(mean ± sd over training seeds, best setting per model)")
+
+    curves, panels = [], []
+    for _, row in models.iterrows():
+        setting = "" if row["setting"] == "–" else f"{row['setting']}, "
+        name = f"{label(row['family'])}\n{setting}seed {row['figure_seed']}"
+        hist_path = os.path.join(row["figure_run"], "history.tsv")
+        hist = pd.read_csv(hist_path, sep="\t") if os.path.exists(hist_path) else pd.DataFrame()
+        curves.append((row["family"], name.replace("\n", ", "), hist))
+        latents_path = os.path.join(row["figure_run"], "perturbation_latents.h5ad")
+        if os.path.exists(latents_path):
+            panels.append({"name": name, "family": row["family"],
+                           "latents": ad.read_h5ad(latents_path)})
+    training_curves(curves, outputs["curves"])
+    data = ad.read_h5ad(data_path, backed="r")
+    pathways = {k: list(v) for k, v in dict(data.uns.get("pathways", {})).items()}
+    data.file.close()
+    latent_heatmaps(panels, "mask_prob", outputs["masks_all"], None,
+                    "Mask probabilities, all perturbations")
+    latent_heatmaps(panels, "mask_prob", outputs["masks_pathways"], pathways or None,
+                    "Mask probabilities, perturbations in the annotated pathways")
+    latent_heatmaps(panels, "embedding_mean", outputs["embeddings_pathways"], pathways or None,
+                    "Embedding means, perturbations in the annotated pathways")
+    _runtime(settings, benchmark_root, outputs)
+    return runs
+
+
+def _runtime(settings: list[dict], benchmark_root: str, outputs: dict) -> None:
+    runtime = paper.runtime_table(settings, benchmark_root)
+    write_tsv(runtime, outputs["runtime_tsv"])
+    shown = runtime.assign(model=[label(f) for f in runtime["family"]])
+    names = {"steps_per_second": "steps/s", "train_seconds_mean": "train s (mean)",
+             "train_hours_total": "train h (total)", "train_max_rss_mb": "train peak MB",
+             "evaluate_seconds_mean": "evaluate s (mean)",
+             "evaluate_hours_total": "evaluate h (total)",
+             "evaluate_max_rss_mb": "evaluate peak MB"}
+    shown = shown[["model", "runs", "steps"] + [c for c in names if c in shown]]
+    shown = shown.rename(columns=names)
+    table_png(shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v),
+              outputs["runtime_png"], "Runtime per model (benchmark files of every job)")
+
+
+def build_determinism(this_path: str, other_path: str, out_tsv: str, out_png: str) -> None:
+    """Validation IWELBO at fraction 1 in both Norman experiments, run by run."""
+    table = paper.determinism_table(pd.read_csv(this_path, sep="\t"),
+                                    pd.read_csv(other_path, sep="\t"))
+    write_tsv(table, out_tsv)
+    shown = table.assign(val_iwelbo=table["val_iwelbo"].map(lambda v: f"{v:.6f}"),
+                         val_iwelbo_other=table["val_iwelbo_other"].map(lambda v: f"{v:.6f}"),
+                         abs_difference=table["abs_difference"].map(lambda v: f"{v:.2g}"))
+    n_same = int(table["identical"].sum())
+    table_png(shown.rename(columns={"val_iwelbo": "val IWELBO", "val_iwelbo_other":
+                                    "val IWELBO (other)"}),
+              out_png, f"Determinism check at fraction 1: {n_same} of {len(table)} runs identical")

@@ -1,0 +1,12 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+from samsbench import plots_paper  # noqa: E402
+
+plots_paper.build_determinism(
+    snakemake.input.this, snakemake.input.other, snakemake.output.tsv, snakemake.output.png
+)

@@ -1,0 +1,17 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
+
+_log.setup(snakemake)
+from samsbench import plots_paper  # noqa: E402
+
+plots_paper.build_replogle(
+    metrics_path=snakemake.input.metrics,
+    settings=list(snakemake.params.settings),
+    options=dict(snakemake.params.options),
+    outputs=dict(snakemake.output.items()),
+    benchmark_root=snakemake.params.benchmark_root,
+    data_path=snakemake.input.data,
+)
