@@ -115,11 +115,12 @@ def test_config_without_grids_is_untouched():
 
 def test_budget_scale_shrinks_training_once():
     raw = shipped_config()
+    raw_steps = raw["experiments"]["simulated"]["training"]["max_steps"]
     raw["budget_scale"] = 0.001
     config = sbconfig.validate(raw)
     assert config["experiments"]["replogle"]["training"]["max_steps"] == 150
     assert config["experiments"]["norman_ood"]["training"]["max_steps"] == 30
-    assert config["experiments"]["simulated"]["training"]["max_steps"] == 2
+    assert config["experiments"]["simulated"]["training"]["max_steps"] == max(1, round(0.001 * raw_steps))
     assert config["experiments"]["simulated"]["training"]["val_every"] == 1  # at least 1
     sbconfig.validate(config)  # a second validation does not scale again
     assert config["experiments"]["replogle"]["training"]["max_steps"] == 150
