@@ -34,3 +34,9 @@ lint: install
 
 clean:
 	rm -rf results .snakemake
+
+# The Slurm profile against a real one-node Slurm that the test installs (Debian's slurm-wlm and
+# munge, as root), starts and stops (tests/test_cluster.py, docs/cluster.md). Fails, rather than
+# skips, when Slurm cannot be started.
+test-cluster: install
+	SAMSBENCH_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -rs -m cluster tests/test_cluster.py

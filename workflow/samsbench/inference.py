@@ -260,6 +260,8 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
             model.load_state_dict(saved["model"])
             optim.load_state_dict(saved["optim"])
             torch.set_rng_state(saved["rng"])
+            if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
             gen.set_state(saved["gen"])
             state.update({k: saved[k] for k in state})
             log.info("resuming %s from step %d", run_dir, state["step"])
@@ -269,6 +271,7 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     def save_resume():
         payload = {**state, "fingerprint": key, "model": model.state_dict(),
                    "optim": optim.state_dict(), "rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                    "gen": gen.get_state()}
         atomic_save(payload, resume_path)
 
