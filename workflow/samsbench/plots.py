@@ -42,10 +42,11 @@ def model_palette(models: pd.DataFrame) -> dict:
     return palette
 
 
-def _save(fig, path: str) -> None:
+def save(fig, path: str, dpi: int = 120) -> None:
+    """Write a figure atomically (temporary file, then rename) and close it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 
@@ -71,7 +72,7 @@ def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, path: str,
                title="model")
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def training_curves(runs: list[dict], path: str) -> None:
@@ -97,7 +98,7 @@ def training_curves(runs: list[dict], path: str) -> None:
             ax.set_ylabel("validation loss (negative ELBO per cell)")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def experiment_figures(metrics_path: str, runs: list[dict], outputs: dict) -> None:

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import CenteredNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from samsbench import paper  # noqa: E402
+from samsbench import paper, plots  # noqa: E402
 from samsbench.plots import FAMILY_COLOURS, FAMILY_LABELS  # noqa: E402
 
 # The bar plots' display names (reference §6): the paper's SAMS-VAE is the correlated guide.
@@ -37,11 +37,7 @@ def colour(family: str):
 
 
 def save(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    plots.save(fig, path, dpi=130)
 
 
 def _no_data(ax, text="no runs with this metric"):

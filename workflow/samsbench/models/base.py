@@ -15,8 +15,6 @@ A baseline without a likelihood is a ``MeanEffectModel``: it only predicts mean 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -82,12 +80,6 @@ class LatentModel(nn.Module):
 
 def standard_normal_like(t: torch.Tensor) -> Normal:
     return Normal(torch.zeros_like(t), torch.ones_like(t))
-
-
-def normal_log_prob_sum(value, loc, scale) -> torch.Tensor:
-    """Normal log-density summed over the last axis (cheaper than building a distribution)."""
-    z = (value - loc) / scale
-    return (-0.5 * z * z - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 class MeanEffectModel:
