@@ -34,11 +34,15 @@ FAMILY_LABELS = {
 
 
 def model_palette(models: pd.DataFrame) -> dict:
-    """Colour per model name, from its family (plug-ins get a stable extra colour)."""
+    """Colour per model name, from its family; further models of one family (variants) get
+    darker shades of it, and plug-ins a stable extra colour."""
     extra = sns.color_palette("tab10", 10)
-    palette = {}
+    palette, seen = {}, {}
     for i, (model, family) in enumerate(sorted(set(zip(models["model"], models["family"])))):
-        palette[model] = FAMILY_COLOURS.get(family, extra[i % 10])
+        base = np.array(matplotlib.colors.to_rgb(FAMILY_COLOURS.get(family, extra[i % 10])))
+        shade = seen.get(family, 0)
+        seen[family] = shade + 1
+        palette[model] = tuple(base * (1 - 0.3 * min(shade, 2)))
     return palette
 
 
