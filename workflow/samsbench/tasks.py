@@ -152,8 +152,3 @@ def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
     write_tsv(table, out_path)
     return table
 
-
-def read_json(path: str) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
-
