@@ -79,24 +79,31 @@ def test_bernoulli_log_prob_is_exact_mass():
     torch.testing.assert_close(bernoulli_log_prob(logits, value), expected)
 
 
-def test_fused_nb_gradients_equal_the_direct_formula():
-    from samsbench.nn import LibraryNBLogLik
+@pytest.mark.parametrize("n_genes", [5, 16])  # padded to 16 inside, and not padded
+def test_fused_nb_head_gradients_equal_the_direct_formula(n_genes):
+    from samsbench.nn import LibraryNBHead
 
     torch.manual_seed(0)
-    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    log_theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    x = torch.poisson(torch.full((3, 5), 4.0, dtype=torch.float64))
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 3, 4, **f64)  # particles x cells x hidden
+    weight, bias = torch.randn(n_genes, 4, **f64), torch.randn(n_genes, **f64)
+    log_theta = torch.randn(n_genes, **f64)
+    x = torch.poisson(torch.full((3, n_genes), 4.0, dtype=torch.float64))
     library = x.sum(-1) + 1
-    assert torch.autograd.gradcheck(LibraryNBLogLik.apply, (logits, x, library, log_theta))
+    inputs = (h, weight, bias, x, library, log_theta)
+    assert torch.autograd.gradcheck(LibraryNBHead.apply, inputs)
     weights = torch.randn(2, 3, dtype=torch.float64)
-    (LibraryNBLogLik.apply(logits, x, library, log_theta) * weights).sum().backward()
-    fused = (logits.grad.clone(), log_theta.grad.clone())
-    logits.grad, log_theta.grad = None, None
+    (LibraryNBHead.apply(*inputs) * weights).sum().backward()
+    leaves = (h, weight, bias, log_theta)
+    fused = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
     theta = torch.exp(log_theta)
-    mean = library[:, None] * torch.softmax(logits, -1) + 1e-4
+    mean = library[:, None] * torch.softmax(h @ weight.T + bias, -1) + 1e-4
     direct = (x * torch.log(mean) - (theta + x) * torch.log(theta + mean)).sum(-1)
+    torch.testing.assert_close(LibraryNBHead.apply(*inputs), direct)
     (direct * weights).sum().backward()
-    torch.testing.assert_close(fused, (logits.grad, log_theta.grad))
+    torch.testing.assert_close(fused, [t.grad for t in leaves])
 
 
 def test_dosage_gather_equals_dense_product():
