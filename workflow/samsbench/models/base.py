@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+from samsbench.nn import Decoder, GaussianEncoder
+
 NORMALIZATIONS = ("log_standardize", "standardize", "none")
 
 
@@ -80,6 +82,39 @@ class LatentModel(nn.Module):
 
 def standard_normal_like(t: torch.Tensor) -> Normal:
     return Normal(torch.zeros_like(t), torch.ones_like(t))
+
+
+class ShiftModel(LatentModel):
+    """The additive-shift families (SAMS-VAE, CPA-VAE): ``z = z_basal + shift`` with
+    ``z_basal ~ N(0, I)`` and a per-cell ``shift = D @ (per-perturbation latent)``.
+
+    The basal encoder reads the normalised counts and, unless ``mean_field_encoder``, the
+    sampled shift (models.md §2.1); a cell's context is its shift, (P, n, K).
+    """
+
+    def build_networks(self, n_genes: int, hp: dict) -> None:
+        K = self.n_latent
+        self.mean_field_encoder = bool(hp.get("mean_field_encoder", False))
+        n_in = n_genes + (0 if self.mean_field_encoder else K)
+        self.encoder = GaussianEncoder(n_in, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
+        self.decoder = Decoder(K, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
+                               hp.get("likelihood", "library_nb"))
+
+    def shift(self, g: dict) -> torch.Tensor:
+        """The per-perturbation latent shift, (P, T, K)."""
+        raise NotImplementedError
+
+    def cell_context(self, dose, g):
+        return dose.apply(self.shift(g))
+
+    def local_posterior(self, xn, shift):
+        return self.encoder(xn) if self.mean_field_encoder else self.encoder(xn, shift)
+
+    def local_prior(self, shift):
+        return standard_normal_like(shift)
+
+    def decoder_input(self, z_basal, shift):
+        return z_basal + shift
 
 
 class MeanEffectModel:

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from samsbench.models.base import LatentModel, standard_normal_like
-from samsbench.nn import (Decoder, GaussianEncoder, OneHotRows, bernoulli_kl, bernoulli_log_prob,
-                          logit, st_bernoulli_sample)
+from samsbench.models.base import ShiftModel
+from samsbench.nn import (GaussianEncoder, OneHotRows, bernoulli_kl, bernoulli_log_prob, logit,
+                          st_bernoulli_sample)
 
 
-class SamsVAE(LatentModel):
+class SamsVAE(ShiftModel):
     family = "sams_vae"
     correlated = True
 
@@ -25,7 +25,6 @@ class SamsVAE(LatentModel):
         super().__init__(n_genes, perturbations, hp)
         T, K = self.n_perturbations, int(hp["n_latent"])
         self.n_latent = K
-        self.mean_field_encoder = bool(hp.get("mean_field_encoder", False))
         self.mask_prior_logit = logit(float(hp["mask_prior_prob"]))
         # "sample" (the reference): the mask's log p - log q at the sampled mask, a one-sample
         # estimate; "analytic": minus the exact Bernoulli KL, same expectation, no noise.
@@ -44,10 +43,7 @@ class SamsVAE(LatentModel):
             self.E_log_scale = nn.Parameter(
                 torch.full((T, K), math.log(float(hp.get("embedding_scale_init", 1.0))))
             )
-        n_in = n_genes + (0 if self.mean_field_encoder else K)
-        self.encoder = GaussianEncoder(n_in, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
-        self.decoder = Decoder(K, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
-                               hp.get("likelihood", "library_nb"))
+        self.build_networks(n_genes, hp)
 
     def q_embedding(self, mask: torch.Tensor) -> Normal:
         if self.correlated:
@@ -66,17 +62,8 @@ class SamsVAE(LatentModel):
             mask_ratio = -bernoulli_kl(self.mask_logits, self.mask_prior_logit).expand_as(mask)
         return {"mask": mask, "E": E}, log_ratio + mask_ratio.sum(-1)
 
-    def cell_context(self, dose, g):
-        return dose.apply(g["mask"] * g["E"])  # (P, n, K) latent shift D @ (M * E)
-
-    def local_posterior(self, xn, shift):
-        return self.encoder(xn) if self.mean_field_encoder else self.encoder(xn, shift)
-
-    def local_prior(self, shift):
-        return standard_normal_like(shift)
-
-    def decoder_input(self, z_basal, shift):
-        return z_basal + shift
+    def shift(self, g):
+        return g["mask"] * g["E"]
 
     @torch.no_grad()
     def perturbation_latents(self):
