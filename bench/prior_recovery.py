@@ -6,7 +6,7 @@ Data: `samsbench.data.simulate(effect_mode="prior")` with 48 single perturbation
 ~ N(0, 2), 150 cells per perturbation, random split. Model: the prior-matched SAMS-VAE of
 tests/test_recovery.py (mask prior 0.15, embedding prior scale 2, K = 12).
 
-Usage: python bench/prior_recovery.py STEPS LR '{json model overrides}' ['{json data overrides}']
+Usage: python bench/prior_recovery.py STEPS LR ['{model overrides}' ['{data overrides}' ['{training overrides}']]]
 Prints mask F1 / AUROC / density and
 * alignment: the learned mean shift E_q[M * E] regressed on the true shift (T x K each);
   R2 says whether the learned shifts are a linear image of the true ones, and the mean over
@@ -40,7 +40,8 @@ MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=64, de
              embedding_prior_scale=2.0, mean_field_encoder=True)
 
 
-def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict) -> dict:
+def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
+         training_overrides: dict) -> dict:
     torch.set_num_threads(1)
     work = tempfile.mkdtemp()
     data_path, split_path = os.path.join(work, "data.h5ad"), os.path.join(work, "split.tsv")
@@ -49,7 +50,7 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict) -> 
     labels = splits.make_split(adata.obs["perturbation"].to_numpy(), "random", seed=0)
     splits.write_split(adata.obs_names, labels, split_path)
     training = {"max_steps": steps, "batch_size": 128, "lr": lr, "val_every": 100,
-                "iwelbo_particles": 20}
+                "iwelbo_particles": 20, **training_overrides}
     run_dir = os.path.join(work, "run")
     summary = tasks.train_run(data_path, split_path, {**MODEL, **model_overrides}, training,
                               run_dir, 0, progress=False)
@@ -82,5 +83,6 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict) -> 
 if __name__ == "__main__":
     out = main(int(sys.argv[1]), float(sys.argv[2]),
                json.loads(sys.argv[3]) if len(sys.argv) > 3 else {},
-               json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
+               json.loads(sys.argv[4]) if len(sys.argv) > 4 else {},
+               json.loads(sys.argv[5]) if len(sys.argv) > 5 else {})
     print(sys.argv[1:], {k: round(float(v), 3) for k, v in out.items()}, flush=True)

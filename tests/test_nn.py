@@ -130,3 +130,46 @@ def test_analytic_bernoulli_kl_matches_expectation_of_sampled_term():
     m = st_bernoulli_sample(logits, (200000,)).detach()
     mc = -(bernoulli_log_prob(torch.tensor(prior), m) - bernoulli_log_prob(logits, m)).mean(0)
     np.testing.assert_allclose(mc.numpy(), exact.numpy(), atol=0.01)
+
+
+def test_varimax_recovers_the_axes_of_a_rotated_sparse_matrix():
+    from samsbench.models.sams_vae import varimax
+
+    torch.manual_seed(0)
+    sparse = torch.zeros(40, 4, dtype=torch.float64)
+    for t in range(40):  # one active axis per row: varimax's optimum is exactly these axes
+        sparse[t, t % 4] = (3.0 + torch.rand(1, dtype=torch.float64)) * (-1) ** t
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    R = varimax(sparse @ Q)
+    torch.testing.assert_close(R.T @ R, torch.eye(4, dtype=torch.float64))
+    # Q R undoes the rotation up to a signed permutation of the axes
+    undo = (Q @ R).abs()
+    torch.testing.assert_close(undo.max(1).values, torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(undo.sum(1), torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family,mean_field_encoder", [("sams_vae", False), ("sams_vae_mean_field", True)])
+def test_align_basis_rotates_the_latent_space_exactly(family, mean_field_encoder):
+    from samsbench import models as registry
+
+    torch.manual_seed(0)
+    hp = dict(n_latent=3, n_layers=1, encoder_n_hidden=8, decoder_n_hidden=8,
+              embedding_encoder_n_layers=1, embedding_encoder_n_hidden=8, mask_prior_prob=0.1,
+              mean_field_encoder=mean_field_encoder)
+    model = registry.build(family, 6, ["A", "B", "C", "D"], hp)
+    with torch.no_grad():
+        model.mask_logits.normal_(0, 2)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z, xn, shift = torch.randn(5, 3), torch.randn(5, 6), torch.randn(5, 3)
+    before_dec = model.decoder.trunk(z)
+    before_loc = model.local_posterior(xn, shift).loc
+    R = model.align_basis()
+    torch.testing.assert_close(R.T @ R, torch.eye(3), atol=1e-5, rtol=0)
+    # the decoder reads the rotated coordinates z' = R^T z ...
+    torch.testing.assert_close(model.decoder.trunk(z @ R), before_dec, atol=1e-5, rtol=1e-5)
+    # ... and the encoder writes them (its shift input rotated too)
+    after_loc = model.local_posterior(xn, shift @ R).loc
+    torch.testing.assert_close(after_loc, before_loc @ R, atol=1e-5, rtol=1e-5)
+    q = torch.sigmoid(model.mask_logits)
+    assert torch.all(((q - 0.5).abs() < 1e-6) | ((q - 0.1).abs() < 1e-6))

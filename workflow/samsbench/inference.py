@@ -38,6 +38,10 @@ TRAINING_DEFAULTS = {
     "grad_clip": None,
     "iwelbo_particles": 100,
     "global_lr_multiplier": 1.0,
+    # Beyond the reference (default off): at this fraction of max_steps, models with an
+    # ``align_basis`` method rotate their latent basis to the sparsest one (varimax) and
+    # training restarts its optimiser and best-checkpoint search (docs/mask_recovery.md).
+    "align_basis_at": None,
 }
 # Largest particles x cells x genes block evaluated at once outside training (memory bound).
 BLOCK_ELEMENTS = 1 << 24
@@ -240,6 +244,8 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     val_every = int(cfg["val_every"] or steps_per_epoch)
     ckpt_every = int(cfg["checkpoint_every"] or val_every)
     max_steps = int(cfg["max_steps"])
+    align_step = (round(float(cfg["align_basis_at"]) * max_steps)
+                  if cfg["align_basis_at"] and hasattr(model, "align_basis") else 0)
 
     torch.manual_seed(seed)
     mean, std = data.input_statistics(model.normalization)
@@ -306,6 +312,12 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optim.step()
             state["step"] += 1
+            if align_step and state["step"] == align_step:
+                model.align_basis()
+                optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
+                                       float(cfg["global_lr_multiplier"]))
+                state["best_val"], state["best_state"] = math.inf, None
+                log.info("%s: latent basis aligned at step %d", run_dir, align_step)
             state["train_sum"] += value
             state["train_n"] += 1
             bar.update(1)
