@@ -35,6 +35,7 @@ PAPER_MODEL_DEFAULTS = {
     "mask_beta_concentration_1": 1.0,
     "mask_beta_concentration_2": 2.0,
     "mask_init_logits": 0.0,
+    "align_basis_at": None,
     "mask_kl": "sample",
     "encoding": "additive",
 }
@@ -142,7 +143,7 @@ MODEL_TOKEN_ABBREV = {
     "mask_beta_concentration_1": "a", "mask_beta_concentration_2": "b",
     "mean_field_encoder": "mfe", "encoder_n_hidden": "H", "decoder_n_hidden": "DH",
     "embedding_encoder_n_layers": "EL", "embedding_encoder_n_hidden": "EH",
-    "embedding_prior_scale": "es", "mask_init_logits": "mi",
+    "embedding_prior_scale": "es", "mask_init_logits": "mi", "align_basis_at": "al",
 }
 BUDGET_KEYS = ("max_steps", "val_every", "checkpoint_every")
 

@@ -38,10 +38,6 @@ TRAINING_DEFAULTS = {
     "grad_clip": None,
     "iwelbo_particles": 100,
     "global_lr_multiplier": 1.0,
-    # Beyond the reference (default off): at this fraction of max_steps, models with an
-    # ``align_basis`` method rotate their latent basis to the sparsest one (varimax) and
-    # training restarts its optimiser and best-checkpoint search (docs/mask_recovery.md).
-    "align_basis_at": None,
 }
 # Largest particles x cells x genes block evaluated at once outside training (memory bound).
 BLOCK_ELEMENTS = 1 << 24
@@ -244,8 +240,11 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     val_every = int(cfg["val_every"] or steps_per_epoch)
     ckpt_every = int(cfg["checkpoint_every"] or val_every)
     max_steps = int(cfg["max_steps"])
-    align_step = (round(float(cfg["align_basis_at"]) * max_steps)
-                  if cfg["align_basis_at"] and hasattr(model, "align_basis") else 0)
+    # Beyond the reference (hyperparameter align_basis_at, default off): at this fraction of
+    # max_steps a model with ``align_basis`` rotates its latent basis to the sparsest one and
+    # training restarts its optimiser and best-checkpoint search (docs/mask_recovery.md).
+    align_step = (round(float(hp["align_basis_at"]) * max_steps)
+                  if hp.get("align_basis_at") and hasattr(model, "align_basis") else 0)
 
     torch.manual_seed(seed)
     mean, std = data.input_statistics(model.normalization)
