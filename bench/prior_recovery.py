@@ -32,9 +32,9 @@ from samsbench.data.simulate import simulate
 from samsbench.nn import st_bernoulli_sample
 from samsbench.recovery import mask_stats
 
-DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0, n_doubles=24,
-            n_genes=100, cells_per_perturbation=150, n_control=400, effect_mode="prior",
-            mask_prior_prob=0.15, effect_size=2.0)
+DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0,
+            dims_per_program=2, n_doubles=24, n_genes=100, cells_per_perturbation=150,
+            n_control=400, effect_mode="prior", mask_prior_prob=0.15, effect_size=2.0)
 MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=64, decoder_n_hidden=64,
              embedding_encoder_n_layers=2, embedding_encoder_n_hidden=32, mask_prior_prob=0.15,
              embedding_prior_scale=2.0, mean_field_encoder=True)

@@ -19,8 +19,9 @@ from samsbench.recovery import mask_stats
 
 pytestmark = pytest.mark.slow
 
-SMALL = dict(n_programs=3, targets_per_program=4, n_background=4, n_extra_dims=3, n_doubles=12,
-             n_genes=100, cells_per_perturbation=150, n_control=400)
+SMALL = dict(n_programs=3, targets_per_program=4, n_background=4, n_extra_dims=3,
+             dims_per_program=2, n_doubles=12, n_genes=100, cells_per_perturbation=150,
+             n_control=400)
 HP = dict(n_latent=9, n_layers=1, encoder_n_hidden=64, decoder_n_hidden=64,
           embedding_encoder_n_layers=2, embedding_encoder_n_hidden=32)
 
@@ -67,7 +68,7 @@ def test_mask_stats_hand_computed():
 
 # Drawn from the model's prior: 48 perturbations (74 true mask entries of 576), K = 12.
 PRIOR_DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0,
-                  n_doubles=24, n_genes=100, cells_per_perturbation=150, n_control=400,
+                  dims_per_program=2, n_doubles=24, n_genes=100, cells_per_perturbation=150, n_control=400,
                   effect_mode="prior", mask_prior_prob=0.15, effect_size=2.0)
 
 
