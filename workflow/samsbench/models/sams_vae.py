@@ -94,8 +94,9 @@ class SamsVAE(ShiftModel):
         training settles in a rotated basis with dense masks (docs/mask_recovery.md). The
         layers that read or write z are rotated exactly; the per-perturbation guide restarts
         from the rotated shifts: entries whose |shift| is at least a quarter of the largest
-        entry of its perturbation start at q = 0.5 with E = the shift, the others at the
-        prior's q with E = 0.
+        entry of its perturbation start at q = 0.5, the others at the prior's q; the
+        mean-field guide's E starts at the rotated shift (0 where off), the correlated guide's
+        E encoder has its mean head rotated.
         """
         shift = self.mean_shift()
         R = varimax(shift)
