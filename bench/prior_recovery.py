@@ -29,7 +29,6 @@ import torch
 from samsbench import inference, tasks
 from samsbench.data import contract, splits
 from samsbench.data.simulate import simulate
-from samsbench.nn import st_bernoulli_sample
 from samsbench.recovery import mask_stats
 
 DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0,
@@ -59,8 +58,7 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
     rows = [record["columns"].index(p) for p in sim["perturbations"]]
     true_shift = np.asarray(sim["true_shift"])
     with torch.no_grad():
-        mask = st_bernoulli_sample(model.mask_logits, (256,))
-        mean_shift = (mask * model.q_embedding(mask).loc).mean(0)  # E_q[M * E], (T, K)
+        mean_shift = model.mean_shift()  # E_q[M * E], (T, K)
         learned = mean_shift.numpy()[rows]
         stats = mask_stats(sim["true_mask"], torch.sigmoid(model.mask_logits).numpy()[rows])
         stats.pop("assignment")

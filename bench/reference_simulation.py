@@ -63,8 +63,8 @@ def simulate_reference(n_train: int = 200, n_val: int = 50, n_test: int = 50, K:
     split = np.empty(len(labels), dtype=object)
     rng = np.random.default_rng(seed)
     split[:n_control] = rng.choice(["train", "val", "test"], n_control, p=[0.7, 0.15, 0.15])
-    block = np.repeat(["train"] * n_train + ["val"] * n_val + ["test"] * n_test, 1)
-    split[n_control:] = np.repeat(block, T)
+    block = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
+    split[n_control:] = np.repeat(block, T)  # row i of the perturbed cells is replicate i // T
     adata = ad.AnnData(x.numpy().astype(np.float32),
                        obs=pd.DataFrame({"perturbation": labels},
                                         index=[f"c{i}" for i in range(len(labels))]),

@@ -76,7 +76,6 @@ class SamsVAE(ShiftModel):
             out["embedding_mean"] = self.E_loc.detach().cpu().numpy()
         return out
 
-
     @torch.no_grad()
     def mean_shift(self, n_samples: int = 256) -> torch.Tensor:
         """E_q[M * E] per perturbation, (T, K), by Monte Carlo over the mask."""
