@@ -118,6 +118,20 @@ def test_dosage_gather_equals_dense_product():
     torch.testing.assert_close(dose.charge(r), r @ dose.dense.T)
 
 
+def test_dosage_restricted_to_present_columns_gives_the_same_cell_values():
+    from samsbench.data.tensors import Dosage
+
+    codes = torch.tensor([[4, 1], [5, 5], [1, 5], [2, 4]])  # T = 5; 5 is the padding column
+    dose = Dosage(codes, 5)
+    columns = dose.present_columns()
+    np.testing.assert_array_equal(columns.numpy(), [1, 2, 4])
+    sub = dose.restrict(columns)
+    A, r = torch.randn(2, 5, 3), torch.randn(2, 5)
+    torch.testing.assert_close(sub.apply(A[:, columns]), dose.apply(A))
+    torch.testing.assert_close(sub.charge(r[:, columns]), dose.charge(r))
+    np.testing.assert_array_equal(sub.dense.numpy(), dose.dense[:, columns].numpy())
+
+
 def test_analytic_bernoulli_kl_matches_expectation_of_sampled_term():
     from samsbench.nn import bernoulli_kl
 

@@ -23,10 +23,12 @@ VARIANCE_FLOOR = 1e-4
 
 class OneHotRows:
     """Stands for the identity matrix as a trunk input part: row t is the one-hot of t, so its
-    product with the first layer is just that layer's weight columns (no T x T multiply)."""
+    product with the first layer is just that layer's weight columns (no T x T multiply).
+    ``rows`` (indices) keeps only those rows of the identity."""
 
-    def __init__(self, n: int):
-        self.shape = (n, n)
+    def __init__(self, n: int, rows: torch.Tensor | None = None):
+        self.rows = rows
+        self.shape = (n if rows is None else len(rows), n)
 
 
 class Trunk(nn.Module):
@@ -51,7 +53,8 @@ class Trunk(nn.Module):
             width = part.shape[-1]
             w = self.first.weight[:, start : start + width]
             if isinstance(part, OneHotRows):
-                term = w.T if i else w.T + self.first.bias
+                term = w.T if part.rows is None else w.T[part.rows]
+                term = term if i else term + self.first.bias
             else:
                 term = F.linear(part, w, self.first.bias if i == 0 else None)
             h = term if h is None else h + term
@@ -202,7 +205,7 @@ class LibraryNBHead(torch.autograd.Function):
         weighted = torch.div(x, m).sub_(ratio).mul_(rho)
         total = weighted.sum(-1, keepdim=True)
         grad_logits = h2.new_empty(h2.shape[0], weight.shape[0])
-        grad_logits[:, n_genes:] = 0
+        grad_logits[:, n_genes:].zero_()
         grad_view = grad_logits.view(*rho.shape[:-1], weight.shape[0])[..., :n_genes]
         torch.addcmul(weighted, rho, total, value=-1, out=grad_view)
         grad_view.mul_(g * lib)
@@ -228,11 +231,19 @@ _EPS = torch.finfo(torch.float32).eps
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def st_bernoulli_sample(logits: torch.Tensor, shape: tuple = ()) -> torch.Tensor:
+def rows_of(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``t[..., rows, :]``, or ``t`` itself when rows is None (per-perturbation rows)."""
+    return t if rows is None else t[..., rows, :]
+
+
+def st_bernoulli_sample(logits: torch.Tensor, shape: tuple = (),
+                        noise: torch.Tensor | None = None) -> torch.Tensor:
     """Straight-through Gumbel-sigmoid sample (temperature 1): hard 0/1 forward values with
-    P(1) = sigmoid(logits) exactly; the backward pass goes through the relaxed sample."""
+    P(1) = sigmoid(logits) exactly; the backward pass goes through the relaxed sample.
+    ``noise``: the uniform draws to use, of shape ``shape + logits.shape`` (drawn if None)."""
     p = torch.sigmoid(logits).clamp(_EPS, 1 - _EPS)
-    u = torch.rand(tuple(shape) + logits.shape, dtype=logits.dtype, device=logits.device)
+    u = noise if noise is not None else torch.rand(
+        tuple(shape) + logits.shape, dtype=logits.dtype, device=logits.device)
     u = u.clamp(_EPS, 1 - _EPS)
     y = torch.log(u) - torch.log1p(-u) + torch.log(p) - torch.log1p(-p)
     soft = torch.sigmoid(y).clamp(_TINY, 1 - _EPS).clamp(_EPS, 1 - _EPS)

@@ -59,6 +59,20 @@ class Dosage:
             return padded[..., self.codes[:, 0], :]
         return padded[..., self.codes, :].sum(-2)
 
+    def present_columns(self) -> torch.Tensor:
+        """The columns with a non-zero dose in some cell, sorted."""
+        present = torch.unique(self.codes)
+        return present[present < self.n_columns]
+
+    def restrict(self, columns: torch.Tensor) -> "Dosage":
+        """The same cells' dosages over only ``columns`` (which must hold every column these
+        cells received): column ``columns[i]`` becomes column i."""
+        position = torch.full((self.n_columns + 1,), len(columns), dtype=self.codes.dtype,
+                              device=self.codes.device)
+        position[columns] = torch.arange(len(columns), dtype=self.codes.dtype,
+                                         device=self.codes.device)
+        return Dosage(position[self.codes], len(columns))
+
     def charge(self, per_perturbation: torch.Tensor) -> torch.Tensor:
         """``D != 0`` applied to a (..., T) tensor: the sum over each cell's perturbations."""
         padded = torch.nn.functional.pad(per_perturbation, (0, 1))

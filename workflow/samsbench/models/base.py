@@ -3,7 +3,11 @@
 A family with a likelihood is a ``LatentModel``. Per training step the engine asks it for:
 
 * ``sample_globals(P)``: P joint samples of the per-perturbation latents from the guide, and
-  their ``log p - log q`` summed over latent dims, shape ``(P, T)`` (None if it has none);
+  their ``log p - log q`` summed over latent dims, shape ``(P, T)`` (None if it has none).
+  A family with ``samples_column_subsets = True`` also takes ``columns`` (indices) and returns
+  only those perturbations' latents, ``(P, A, K)``, with the values the full draw gives them;
+  the ELBO of a minibatch then samples only the perturbations its cells received, since the
+  others contribute nothing to it;
 * ``cell_context(dose, g)``: whatever the cells need from the globals (e.g. the latent shift
   ``D @ (M * E)``, as ``dose.apply(M * E)``), computed once per minibatch; ``dose`` is a
   ``Dosage`` (``dose.dense`` is the (n, T) matrix D);
@@ -29,6 +33,7 @@ class LatentModel(nn.Module):
     family: str = ""
     has_likelihood = True
     requires_one_hot = False
+    samples_column_subsets = False
 
     def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
         super().__init__()

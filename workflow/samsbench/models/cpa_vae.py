@@ -9,10 +9,12 @@ from torch import nn
 from torch.distributions import Normal
 
 from samsbench.models.base import ShiftModel
+from samsbench.nn import rows_of
 
 
 class CpaVAE(ShiftModel):
     family = "cpa_vae"
+    samples_column_subsets = True
 
     def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
         super().__init__(n_genes, perturbations, hp)
@@ -25,9 +27,12 @@ class CpaVAE(ShiftModel):
         )
         self.build_networks(n_genes, hp)
 
-    def sample_globals(self, n_particles: int):
-        qE = Normal(self.E_loc, torch.exp(self.E_log_scale) + 1e-4)
-        E = qE.rsample((n_particles,))
+    def sample_globals(self, n_particles: int, columns: torch.Tensor | None = None):
+        qE = Normal(rows_of(self.E_loc, columns), torch.exp(rows_of(self.E_log_scale, columns)) + 1e-4)
+        # Noise for every perturbation, so the rows of ``columns`` get the full draw's values.
+        noise = torch.empty((n_particles,) + self.E_loc.shape, dtype=self.E_loc.dtype,
+                            device=self.E_loc.device).normal_()
+        E = qE.loc + qE.scale * rows_of(noise, columns)
         log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
         return {"E": E}, log_ratio
 

@@ -14,12 +14,13 @@ from torch.distributions import Normal
 
 from samsbench.models.base import ShiftModel
 from samsbench.nn import (GaussianEncoder, OneHotRows, bernoulli_kl, bernoulli_log_prob, logit,
-                          st_bernoulli_sample)
+                          rows_of, st_bernoulli_sample)
 
 
 class SamsVAE(ShiftModel):
     family = "sams_vae"
     correlated = True
+    samples_column_subsets = True
 
     def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
         super().__init__(n_genes, perturbations, hp)
@@ -45,21 +46,27 @@ class SamsVAE(ShiftModel):
             )
         self.build_networks(n_genes, hp)
 
-    def q_embedding(self, mask: torch.Tensor) -> Normal:
+    def q_embedding(self, mask: torch.Tensor, columns: torch.Tensor | None = None) -> Normal:
         if self.correlated:
-            return self.embedding_encoder(mask, OneHotRows(self.n_perturbations))
-        return Normal(self.E_loc, torch.exp(self.E_log_scale) + 1e-4)  # floor on the std here
+            return self.embedding_encoder(mask, OneHotRows(self.n_perturbations, columns))
+        return Normal(rows_of(self.E_loc, columns),  # floor on the std here
+                      torch.exp(rows_of(self.E_log_scale, columns)) + 1e-4)
 
-    def sample_globals(self, n_particles: int):
-        mask = st_bernoulli_sample(self.mask_logits, (n_particles,))
-        qE = self.q_embedding(mask)
-        E = qE.rsample() if self.correlated else qE.rsample((n_particles,))
+    def sample_globals(self, n_particles: int, columns: torch.Tensor | None = None):
+        # The noise is drawn for every perturbation, in the order the full draw uses, so the
+        # rows of ``columns`` get the values that the full draw gives them.
+        full = (n_particles,) + self.mask_logits.shape
+        like = {"dtype": self.mask_logits.dtype, "device": self.mask_logits.device}
+        logits = rows_of(self.mask_logits, columns)
+        mask = st_bernoulli_sample(logits, noise=rows_of(torch.rand(full, **like), columns))
+        qE = self.q_embedding(mask, columns)
+        E = qE.loc + qE.scale * rows_of(torch.empty(full, **like).normal_(), columns)
         log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
         if self.mask_kl == "sample":
             prior = torch.tensor(self.mask_prior_logit)
-            mask_ratio = bernoulli_log_prob(prior, mask) - bernoulli_log_prob(self.mask_logits, mask)
+            mask_ratio = bernoulli_log_prob(prior, mask) - bernoulli_log_prob(logits, mask)
         else:
-            mask_ratio = -bernoulli_kl(self.mask_logits, self.mask_prior_logit).expand_as(mask)
+            mask_ratio = -bernoulli_kl(logits, self.mask_prior_logit).expand_as(mask)
         return {"mask": mask, "E": E}, log_ratio + mask_ratio.sum(-1)
 
     def shift(self, g):
