@@ -37,7 +37,8 @@ def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
     sample = model.sample_globals
 
     def known_ratio(P, columns=None):
-        return sample(P, columns)[0], (constant if columns is None else constant[columns]).expand(P, -1)
+        ratio = constant if columns is None else constant[columns]
+        return sample(P, columns)[0], ratio.expand(P, -1)
 
     model.sample_globals = known_ratio
     rows = data.split_index("train")

@@ -28,7 +28,8 @@ class CpaVAE(ShiftModel):
         self.build_networks(n_genes, hp)
 
     def sample_globals(self, n_particles: int, columns: torch.Tensor | None = None):
-        qE = Normal(rows_of(self.E_loc, columns), torch.exp(rows_of(self.E_log_scale, columns)) + 1e-4)
+        scale = torch.exp(rows_of(self.E_log_scale, columns)) + 1e-4
+        qE = Normal(rows_of(self.E_loc, columns), scale)
         # Noise for every perturbation, so the rows of ``columns`` get the full draw's values.
         noise = torch.empty((n_particles,) + self.E_loc.shape, dtype=self.E_loc.dtype,
                             device=self.E_loc.device).normal_()
