@@ -38,6 +38,37 @@ def test_decoder_nb_split_equals_direct_formula():
     torch.testing.assert_close(ours, nb.log_prob(x).sum(-1), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("largest", [40.0, 500.0])  # within the table; past it
+def test_nb_count_terms_by_table_equal_direct_formula(largest):
+    from samsbench.nn import NBCountTerms, nb_count_terms_direct, whole_counts
+
+    torch.manual_seed(2)
+    x = torch.poisson(torch.rand(6, 9) * 20) * (torch.rand(6, 9) < 0.6)
+    x[0, 0], x[1, 3] = largest, largest - 1
+    log_theta = torch.randn(9, requires_grad=True)
+    weights = torch.randn(6)
+    table = NBCountTerms.apply(x, whole_counts(x), log_theta)
+    (table * weights).sum().backward()
+    grad, log_theta.grad = log_theta.grad, None
+    direct = nb_count_terms_direct(x, log_theta)
+    (direct * weights).sum().backward()
+    torch.testing.assert_close(table, direct)
+    torch.testing.assert_close(grad, log_theta.grad)
+    # by hand, x = 2, theta = 2: ln 3! - ln 1! - ln 2! + 2 ln 2 = ln 12
+    one = NBCountTerms.apply(torch.tensor([[2.0]]), torch.tensor([[2]]), torch.tensor([math.log(2)]))
+    assert one.item() == pytest.approx(math.log(12), abs=1e-5)
+
+
+def test_count_terms_take_the_direct_formula_for_non_counts():
+    from samsbench.nn import nb_count_terms_direct, whole_counts
+
+    assert whole_counts(torch.tensor([[1.0, 2.5]])) is None
+    assert whole_counts(torch.tensor([[1.0, -1.0]])) is None
+    decoder = Decoder(2, 2, 4, 1, "library_nb")
+    x = torch.tensor([[1.0, 2.5], [0.0, 3.25]])
+    torch.testing.assert_close(decoder.cell_terms(x), nb_count_terms_direct(x, decoder.log_theta))
+
+
 def test_trunk_is_residual_leaky_relu_and_parts_equal_concatenation():
     torch.manual_seed(1)
     trunk = Trunk(5, 4, 3)

@@ -108,11 +108,10 @@ class Decoder(nn.Module):
     def cell_terms(self, x: torch.Tensor) -> torch.Tensor | None:
         """Sum over genes of the terms of log p(x) that do not depend on the latent."""
         if self.likelihood == "library_nb":
-            theta = torch.exp(self.log_theta)
-            return (
-                torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
-                + theta * self.log_theta
-            ).sum(-1)
+            counts = whole_counts(x)
+            if counts is None:
+                return nb_count_terms_direct(x, self.log_theta)
+            return NBCountTerms.apply(x, counts, self.log_theta)
         if self.likelihood == "poisson":
             return -torch.lgamma(x + 1).sum(-1)
         return None
@@ -217,6 +216,84 @@ class LibraryNBHead(torch.autograd.Function):
         g_row = grad_out.reshape(1, -1)
         d_theta = -(g_row @ log_theta_m.reshape(-1, n_genes) + g_row @ ratio.reshape(-1, n_genes))
         return grad_h, grad_weight, grad_bias, None, None, d_theta.reshape(-1) * theta
+
+
+def nb_count_terms_direct(x: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """``sum_g lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) + theta ln theta``: the terms
+    of the negative binomial's log-mass that do not depend on its mean, per cell."""
+    theta = torch.exp(log_theta)
+    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+            + theta * log_theta).sum(-1)
+
+
+def whole_counts(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as int64 if every entry is a non-negative whole number, else None."""
+    counts = x.to(torch.int64)
+    if counts.numel() and (int(counts.min()) < 0 or not torch.equal(counts.to(x.dtype), x)):
+        return None
+    return counts
+
+
+class NBCountTerms(torch.autograd.Function):
+    """``nb_count_terms_direct`` for whole-number counts, by table lookup.
+
+    lgamma and digamma are scalar loops on CPU (~7 and ~14 ns per value, against ~0.7 ns for a
+    log), and evaluating them at every (cell, gene) of a minibatch took about a tenth of a
+    training step. A count takes few values per gene, so the terms and their derivatives are
+    tabulated per (count, gene) for counts below ``TABLE_COUNTS`` and gathered; larger counts
+    are computed directly. A test checks values and gradients against the direct formula.
+    """
+
+    TABLE_COUNTS = 64
+
+    @staticmethod
+    def forward(ctx, x, counts, log_theta):
+        top = int(counts.max()) + 1 if counts.numel() else 1
+        large = None
+        if top > NBCountTerms.TABLE_COUNTS:
+            top = NBCountTerms.TABLE_COUNTS
+            large = counts >= top
+            counts = counts.clamp(max=top - 1)
+        theta = torch.exp(log_theta)
+        v = torch.arange(top, dtype=x.dtype, device=x.device).unsqueeze(-1)
+        table = (torch.lgamma(v + theta) - torch.lgamma(theta) - torch.lgamma(v + 1)
+                 + theta * log_theta)  # (top, genes)
+        values = _gather_rows(table, counts)
+        if large is not None:  # the exact terms where a count is past the table
+            values[large] = nb_count_terms_entries(x, large, log_theta)
+        ctx.save_for_backward(x, counts, log_theta, large)
+        ctx.top = top
+        return values.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, counts, log_theta, large = ctx.saved_tensors
+        theta = torch.exp(log_theta)
+        v = torch.arange(ctx.top, dtype=x.dtype, device=x.device).unsqueeze(-1)
+        # d/d ln theta of lgamma(x + theta) - lgamma(theta) + theta ln theta
+        table = theta * (torch.digamma(v + theta) - torch.digamma(theta) + log_theta + 1)
+        per_entry = _gather_rows(table, counts)
+        if large is not None:
+            per_entry[large] = nb_count_terms_entries(x, large, log_theta, derivative=True)
+        grad = grad_out.reshape(1, -1) @ per_entry.reshape(-1, per_entry.shape[-1])
+        return None, None, grad.reshape(-1)
+
+
+def _gather_rows(table: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``table[counts[..., g], g]`` for every entry."""
+    flat = counts.reshape(-1, counts.shape[-1])
+    return table.gather(0, flat).view(counts.shape)
+
+
+def nb_count_terms_entries(x, where, log_theta, derivative: bool = False) -> torch.Tensor:
+    """The terms of ``nb_count_terms_direct`` (or their derivative in ln theta) at the entries
+    ``x[where]``, not summed over genes."""
+    genes = where.nonzero()[:, -1]
+    xs, lt = x[where], log_theta[genes]
+    theta = torch.exp(lt)
+    if derivative:
+        return theta * (torch.digamma(xs + theta) - torch.digamma(theta) + lt + 1)
+    return torch.lgamma(xs + theta) - torch.lgamma(theta) - torch.lgamma(xs + 1) + theta * lt
 
 
 def nb_log_prob_direct(x, mean, theta):
