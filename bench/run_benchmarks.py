@@ -1,6 +1,7 @@
 """`make bench`: every benchmark of the project, printed as tables.
 
-Training speed and peak memory in the Replogle-shaped setting (issue 3), the data ATE and the
+Training speed and peak memory in the Replogle-shaped setting and the validation IWELBO of
+the fast step against the direct formulas at equal steps (issue 3), the data ATE and the
 model ATE at Replogle scale (issue 4), and peak memory of streaming the raw genome-wide
 Replogle file at two sizes (issue 5). Pass --quick for smaller sizes.
 """
@@ -62,10 +63,13 @@ def main(argv=None) -> None:
     import bench_evaluate
     import bench_replogle_raw
     import bench_training
+    import equal_steps
 
     print("\n== Training step, Replogle-shaped (SAMS-VAE, batch 512, 5 particles, K 100, H 400) ==")
     bench_training.main(["--cells", "20000" if args.quick else "118641", "--steps",
-                         "10" if args.quick else "40"])
+                         "10" if args.quick else "100"])
+    print("\n== Validation IWELBO at equal steps: fast step vs direct formulas (SAMS-VAE) ==")
+    equal_steps.main(["--steps", "200" if args.quick else "2000"])
     print("\n== Model ATE (sampled counts, library 10,000, SAMS-VAE correlated) ==")
     perts, particles = (50, 200) if args.quick else (722, 2500)
     seconds = model_ate(perturbations=perts, particles=particles)

@@ -1,0 +1,91 @@
+"""Validation IWELBO at an equal number of steps: the fast training step against the direct
+formulas (issue 3: the speed-ups must not cost fit).
+
+"direct" trains with the formulas written out as the reference writes them: the negative
+binomial term by term (``nn.nb_log_prob_direct`` on ``library * softmax(logits) + 1e-4``),
+the dense dosage product ``D @ (M * E)``, and the globals of every perturbation at every step.
+"fast" is the code as it runs in the workflow. Same data, hyperparameters, seeds and steps;
+the seed-to-seed spread of each is the yardstick for a difference between them. The data are
+the embedded simulation with 120 background perturbations added (152 singles), so that a
+minibatch of 128 cells holds only some of the perturbations, as on Replogle.
+
+Usage: python bench/equal_steps.py [--steps N] [--seeds 0 1] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, os, sys
+import torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from samsbench import tasks
+from samsbench import nn as sbnn
+from samsbench.data.tensors import Dosage
+from samsbench.models.sams_vae import SamsVAE
+
+if args["mode"] == "direct":
+    def log_prob(self, h_in, x, library, x_terms=None):
+        logits = self.head(self.trunk(h_in))
+        mean = library.unsqueeze(-1) * torch.softmax(logits, -1) + sbnn.NB_MEAN_OFFSET
+        return sbnn.nb_log_prob_direct(x, mean, torch.exp(self.log_theta)).sum(-1)
+
+    sbnn.Decoder.log_prob = log_prob
+    sbnn.Decoder.cell_terms = lambda self, x: None
+    Dosage.apply = lambda self, A: self.dense @ A
+    Dosage.charge = lambda self, r: r @ self.dense.T
+    SamsVAE.samples_column_subsets = False
+
+summary = tasks.train_run(args["data"], args["split"], args["hp"], args["training"],
+                          args["run_dir"], args["seed"], progress=False)
+print(json.dumps(summary))
+"""
+
+MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=128,
+             decoder_n_hidden=128, embedding_encoder_n_layers=2, embedding_encoder_n_hidden=64,
+             mask_prior_prob=0.1)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from samsbench.data import contract, splits
+    from samsbench.data.simulate import simulate
+
+    with tempfile.TemporaryDirectory(prefix="equal_steps_") as work:
+        data_path, split_path = os.path.join(work, "data.h5ad"), os.path.join(work, "split.tsv")
+        contract.write(simulate(n_background=120, seed=0), data_path)
+        labels = splits.make_split(contract.read(data_path).obs["perturbation"].to_numpy(),
+                                   "random", seed=0)
+        splits.write_split(contract.read(data_path).obs_names, labels, split_path)
+        training = {"max_steps": args.steps, "batch_size": 128, "lr": 0.002, "val_every": 250}
+        rows = []
+        print(f"{'mode':7s} {'seed':>4s} {'val IWELBO':>11s} {'best val loss':>14s} {'steps/s':>8s}")
+        for seed in args.seeds:
+            for mode in ("direct", "fast"):
+                child = dict(mode=mode, seed=seed, threads=args.threads, data=data_path,
+                             split=split_path, hp=MODEL, training=training,
+                             run_dir=os.path.join(work, f"{mode}_{seed}"))
+                out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], check=True,
+                                     capture_output=True, text=True)
+                summary = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"mode": mode, "seed": seed, **summary})
+                print(f"{mode:7s} {seed:4d} {summary['val_iwelbo']:11.2f} "
+                      f"{summary['best_val_loss']:14.2f} "
+                      f"{summary['timing']['steps_per_second']:8.1f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
