@@ -188,7 +188,7 @@ class LibraryNBHead(torch.autograd.Function):
         theta_m = m + theta
         log_theta_m = torch.log(theta_m)
         theta_x = x + theta
-        out = (torch.log(m).mul_(x)).sum(-1) - (log_theta_m * theta_x).sum(-1)
+        out = torch.log(m).mul_(x).addcmul_(log_theta_m, theta_x, value=-1).sum(-1)
         ctx.save_for_backward(h2, weight, rho, m, theta_m, log_theta_m, theta_x, x, lib, theta)
         ctx.n_genes = n_genes
         return out
