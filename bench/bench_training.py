@@ -2,8 +2,10 @@
 
 118,641 cells x 1,187 genes (generated negative-binomial-like counts, dense float32 as the
 real file), 722 perturbations, SAMS-VAE with the correlated guide (embedding encoder 2 x 200),
-latent 100, hidden 400, batch 512, 5 particles. Each measurement runs in a fresh process that
-reports its own peak RSS (VmHWM).
+latent 100, hidden 400, batch 512, 5 particles, fused Adam as in training. Each measurement
+runs in a fresh process that reports its own peak RSS (VmHWM) and minor page faults per step;
+after 5 untimed steps the steps are timed in blocks of 10, and the median block's rate is
+reported beside the mean, because other load on a shared machine slows single blocks.
 """
 
 from __future__ import annotations
