@@ -11,9 +11,8 @@ reported beside the mean, because other load on a shared machine slows single bl
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
+
+from child import run_child
 
 CHILD = r"""
 import json, resource, sys, time
@@ -75,9 +74,7 @@ print(json.dumps({"steps_per_second": 10 * len(seconds) / sum(seconds),
 
 
 def measure(**kwargs) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kwargs)], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, kwargs)
 
 
 def main(argv=None) -> list[dict]:

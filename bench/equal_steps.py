@@ -15,11 +15,10 @@ Usage: python bench/equal_steps.py [--steps N] [--seeds 0 1] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
+
+from child import run_child
 
 CHILD = r"""
 import json, os, sys
@@ -77,9 +76,7 @@ def main(argv=None) -> list[dict]:
                 child = dict(mode=mode, seed=seed, threads=args.threads, data=data_path,
                              split=split_path, hp=MODEL, training=training,
                              run_dir=os.path.join(work, f"{mode}_{seed}"))
-                out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], check=True,
-                                     capture_output=True, text=True)
-                summary = json.loads(out.stdout.strip().splitlines()[-1])
+                summary = run_child(CHILD, child)
                 rows.append({"mode": mode, "seed": seed, **summary})
                 print(f"{mode:7s} {seed:4d} {summary['val_iwelbo']:11.2f} "
                       f"{summary['best_val_loss']:14.2f} "

@@ -9,13 +9,13 @@ Replogle file at two sizes (issue 5). Pass --quick for smaller sizes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+from child import run_child  # noqa: E402  (bench/ is on the path only from here on)
 
 MODEL_ATE = r"""
 import json, sys, time
@@ -51,9 +51,7 @@ print(json.dumps({"seconds": seconds}))
 
 def model_ate(perturbations=722, particles=2500, genes=1187, threads=2) -> float:
     args = dict(perturbations=perturbations, particles=particles, genes=genes, threads=threads)
-    out = subprocess.run([sys.executable, "-c", MODEL_ATE, json.dumps(args)], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return run_child(MODEL_ATE, args)["seconds"]
 
 
 def main(argv=None) -> None:
