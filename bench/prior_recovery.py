@@ -1,12 +1,13 @@
 """SAMS-VAE on data drawn from its own prior: mask recovery and two diagnostics of why it falls
 short (docs/mask_recovery.md).
 
-Data: `samsbench.data.simulate(effect_mode="prior")` with 48 single perturbations
-(6 programs x 6 targets + 12 background), K = 12, masks ~ Bernoulli(0.15), embeddings
-~ N(0, 2), 150 cells per perturbation, random split. Model: the prior-matched SAMS-VAE of
+Data: `samsbench.recovery.PRIOR_MATCHED_DATA` (drawn from the model's prior: 48 single
+perturbations, K = 12, masks ~ Bernoulli(0.15), embeddings ~ N(0, 2), 150 cells each),
+random split. Model: the prior-matched SAMS-VAE of
 tests/test_recovery.py (mask prior 0.15, embedding prior scale 2, K = 12).
 
-Usage: python bench/prior_recovery.py STEPS LR ['{model overrides}' ['{data overrides}' ['{training overrides}']]]
+Usage: python bench/prior_recovery.py STEPS LR
+       ['{model overrides}' ['{data overrides}' ['{training overrides}']]]
 Prints mask F1 / AUROC / density and
 * alignment: the learned mean shift E_q[M * E] regressed on the true shift (T x K each);
   R2 says whether the learned shifts are a linear image of the true ones, and the mean over
@@ -29,13 +30,10 @@ import torch
 from samsbench import inference, tasks
 from samsbench.data import contract, splits
 from samsbench.data.simulate import simulate
-from samsbench.recovery import mask_stats
+from samsbench.recovery import PRIOR_MATCHED_DATA, mask_stats
 
-DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0,
-            dims_per_program=2, n_doubles=24, n_genes=100, cells_per_perturbation=150,
-            n_control=400, effect_mode="prior", mask_prior_prob=0.15, effect_size=2.0)
-MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=64, decoder_n_hidden=64,
-             embedding_encoder_n_layers=2, embedding_encoder_n_hidden=32, mask_prior_prob=0.15,
+MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=64,
+             decoder_n_hidden=64, embedding_encoder_n_layers=2, embedding_encoder_n_hidden=32, mask_prior_prob=0.15,
              embedding_prior_scale=2.0, mean_field_encoder=True)
 
 
@@ -44,7 +42,7 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
     torch.set_num_threads(1)
     work = tempfile.mkdtemp()
     data_path, split_path = os.path.join(work, "data.h5ad"), os.path.join(work, "split.tsv")
-    contract.write(simulate(**{**DATA, **data_overrides}), data_path)
+    contract.write(simulate(**{**PRIOR_MATCHED_DATA, **data_overrides}), data_path)
     adata = contract.read(data_path)
     labels = splits.make_split(adata.obs["perturbation"].to_numpy(), "random", seed=0)
     splits.write_split(adata.obs_names, labels, split_path)

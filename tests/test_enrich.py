@@ -417,15 +417,14 @@ def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
     SAMS-VAE without alignment has 2 of 4 (AUROC 0.894, docs/mask_recovery.md).
     """
     from samsbench import config, tasks
+    from samsbench.data import contract
+    from samsbench.data.simulate import simulate
 
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     cfg = config.load(str(ROOT / "config.yaml"))
     experiment = cfg["experiments"]["simulated"]
     data_path, split_path = tmp_path / "data.h5ad", tmp_path / "split.tsv"
-    from samsbench.data import contract
-    from samsbench.data.simulate import simulate
-
     data = simulate(**cfg["datasets"]["simulated"]["simulate"])
     contract.write(data, str(data_path))
     split = experiment["splits"][0]

@@ -15,7 +15,7 @@ import torch
 from samsbench import evaluate, tasks
 from samsbench.data import contract, splits
 from samsbench.data.simulate import simulate
-from samsbench.recovery import mask_stats
+from samsbench.recovery import PRIOR_MATCHED_DATA, mask_stats
 
 pytestmark = pytest.mark.slow
 
@@ -66,12 +66,6 @@ def test_mask_stats_hand_computed():
     assert stats["auroc"] == pytest.approx(1.0)
 
 
-# Drawn from the model's prior: 48 perturbations (74 true mask entries of 576), K = 12.
-PRIOR_DATA = dict(n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0,
-                  dims_per_program=2, n_doubles=24, n_genes=100, cells_per_perturbation=150, n_control=400,
-                  effect_mode="prior", mask_prior_prob=0.15, effect_size=2.0)
-
-
 def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
     """Prior-matched recovery with the latent-basis alignment (`align_basis_at`).
 
@@ -79,7 +73,7 @@ def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
     the same model without alignment reaches AUROC 0.816 and density 0.43 (its latent space
     ends rotated against the true axes; docs/mask_recovery.md, bench/prior_recovery.py).
     """
-    data_path, split_path = write(str(tmp_path), "random", **PRIOR_DATA)
+    data_path, split_path = write(str(tmp_path), "random", **PRIOR_MATCHED_DATA)
     latents = train(data_path, split_path, str(tmp_path / "run"), "sams_vae", 3000,
                     n_latent=12, embedding_encoder_n_hidden=32, mask_prior_prob=0.15,
                     embedding_prior_scale=2.0, align_basis_at=0.3)

@@ -248,8 +248,6 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     """
     cfg = {**TRAINING_DEFAULTS, **{k: v for k, v in training.items() if v is not None}}
     os.makedirs(run_dir, exist_ok=True)
-    if data.device.type == "cpu":
-        keep_freed_memory()
     data.log_absent_perturbations()
     if isinstance(model, MeanEffectModel):
         start = time.perf_counter()
@@ -258,6 +256,8 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
         _write_history([], run_dir)
         summary = {"steps": 0, "timing": {"wall_seconds": time.perf_counter() - start}}
         return _finish({**(identity or {}), **summary}, family, run_dir)
+    if data.device.type == "cpu":  # the gradient steps' temporaries, below
+        keep_freed_memory()
     if model.requires_one_hot and data.codes.shape[1] > 1:
         raise ValueError(f"{family} needs one-hot dosages: set encoding: unique for this model")
     n_train = len(data.split_index("train"))

@@ -10,6 +10,15 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import roc_auc_score
 
+# ``simulate`` arguments for data drawn from SAMS-VAE's own prior, the setting of the issue's
+# recovery target (tests/test_recovery.py, bench/prior_recovery.py): 48 single perturbations,
+# K = 12, masks ~ Bernoulli(0.15) (74 true entries of 576), embeddings ~ N(0, 2), 150 cells each.
+PRIOR_MATCHED_DATA = dict(
+    n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0, dims_per_program=2,
+    n_doubles=24, n_genes=100, cells_per_perturbation=150, n_control=400, effect_mode="prior",
+    mask_prior_prob=0.15, effect_size=2.0,
+)
+
 
 def mask_stats(true_mask: np.ndarray, mask_prob: np.ndarray, threshold: float = 0.5) -> dict:
     """Hungarian-matched precision, recall and F1 of ``mask_prob > threshold`` against the true
