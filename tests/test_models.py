@@ -50,8 +50,8 @@ def test_every_family_declares_typed_hyperparameters_with_one_default_each(famil
     # a misspelt key names the key, the family and the closest declared name
     name = registry.declared(family)[0]
     typo = name[:-2] + name[-1] + name[-2]
-    with pytest.raises(registry.HyperparameterError,
-                       match=rf"^{family}: unknown hyperparameter '{typo}' \(did you mean '{name}'\?\)"):
+    message = rf"^{family}: unknown hyperparameter '{typo}' \(did you mean '{name}'\?\)"
+    with pytest.raises(registry.HyperparameterError, match=message):
         registry.hyperparameters(family, {typo: 1})
     # one constructor for every family: (n_genes, perturbations, hyperparameters)
     model = registry.build(family, 5, ["A", "B"], params)
@@ -81,12 +81,14 @@ def test_a_misspelt_hyperparameter_fails_config_validation(raw_config):
     # a key of another family is unknown to this one
     cfg = copy.deepcopy(raw_config)
     cfg["models"]["svae_plus"]["align_basis_at"] = 0.3
-    with pytest.raises(sbconfig.ConfigError, match="svae_plus: unknown hyperparameter 'align_basis_at'"):
+    with pytest.raises(sbconfig.ConfigError,
+                       match="svae_plus: unknown hyperparameter 'align_basis_at'"):
         sbconfig.validate(cfg)
     # a grid's keys too, named by the generated model
     cfg = copy.deepcopy(raw_config)
     cfg["experiments"]["replogle"]["model_grid"][0]["n_layer"] = [1, 2]
-    with pytest.raises(sbconfig.ConfigError, match="conditional_vae: unknown hyperparameter 'n_layer'"):
+    with pytest.raises(sbconfig.ConfigError,
+                       match="conditional_vae: unknown hyperparameter 'n_layer'"):
         sbconfig.validate(cfg)
     # shared defaults: a key that no family of the config declares
     for path in (["model_defaults"], ["experiments", "simulated", "model_defaults"]):
@@ -222,5 +224,6 @@ def test_a_family_registered_from_a_test_file_trains(tiny, tmp_path, monkeypatch
     assert list(history["step"]) == [3, 6] and (history["val_kl_global"] == 0).all()
     model, record = inference.load_model(str(tmp_path / "run" / "model.pt"))
     assert isinstance(model, ToyShift) and record["hp"]["shift_init"] == 0.1
-    with pytest.raises(registry.HyperparameterError, match="toy_shift: unknown hyperparameter 'shift_int'"):
+    with pytest.raises(registry.HyperparameterError,
+                       match="toy_shift: unknown hyperparameter 'shift_int'"):
         registry.build("toy_shift", 4, ["A"], {"shift_int": 1.0})

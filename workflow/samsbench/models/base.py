@@ -55,7 +55,8 @@ class LatentHyperparameters(Hyperparameters):
     encoder_n_hidden: int = 400
     decoder_n_hidden: int = 400
     likelihood: Literal["library_nb", "normal", "normal_fixed_variance", "poisson"] = "library_nb"
-    encoder_input_normalization: Literal["log_standardize", "standardize", "none"] = "log_standardize"
+    encoder_input_normalization: Literal["log_standardize", "standardize",
+                                         "none"] = "log_standardize"
 
 
 NORMALIZATIONS = typing.get_args(typing.get_type_hints(LatentHyperparameters)
