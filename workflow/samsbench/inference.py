@@ -5,6 +5,10 @@ The minibatch ELBO charges each perturbation's global ``log p - log q`` to its c
 split every observed perturbation's global term counts once (models.md §3.1). The engine asks
 the model what it is (``trains_by_gradient``, ``has_likelihood``, ``global_parameters``,
 ``after_step``; models/base.py), never its class or its parameters' names.
+
+Over 400 lines because the resumable training loop (signals, resume state, best checkpoint)
+lives here beside the ELBO it optimises; it is the part to move to a module of its own once
+the workflow steps that call ``inference.train`` have settled.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, glo
 
 
 def minibatch_loss(model: LatentModel, x, dose, inv_counts, n_particles: int) -> LossOutput:
+    """The training objective of a minibatch and its named parts (``LossOutput``)."""
     terms = elbo_terms(model, x, dose, inv_counts, n_particles)
     loss = -terms.total().mean()
     with torch.no_grad():
