@@ -23,6 +23,7 @@ import anndata as ad, pandas as pd
 from samsbench import inference
 if not args["plain_allocator"]:
     inference.keep_freed_memory()  # as inference.train does on CPU
+inference.unchecked_distributions().__enter__()  # as inference.train: no argument checks
 from samsbench import models as registry
 from samsbench.data.splits import random_split
 from samsbench.data.tensors import PerturbationData
@@ -45,6 +46,8 @@ hp = dict(n_latent=100, n_layers=1, encoder_n_hidden=400, decoder_n_hidden=400,
           embedding_encoder_n_layers=2, embedding_encoder_n_hidden=200, mask_prior_prob=0.01,
           likelihood="library_nb", encoder_input_normalization="log_standardize")
 torch.manual_seed(0)
+declared = registry.declared(args["family"])  # the settings above that the family has
+hp = {k: v for k, v in hp.items() if k in declared}
 model = registry.build(args["family"], G, data.columns, hp)
 model.set_input_statistics(*data.input_statistics(model.normalization))
 optim = inference.make_optimizer(model, 3e-4, 1e-6)  # as training: fused Adam
@@ -53,9 +56,9 @@ inv = inference.inverse_counts(data.dose_counts("train"))
 def step():
     rows = index[torch.randint(len(index), (512,))]
     x, D = data.X[rows], data.dosage(data.codes[rows])
-    loss = -inference.particle_elbo(model, x, D, inv, 5).mean()
-    optim.zero_grad(set_to_none=True); loss.backward(); optim.step()
-    return loss.item()
+    out = inference.minibatch_loss(model, x, D, inv, 5)  # as a training step
+    optim.zero_grad(set_to_none=True); out.loss.backward(); optim.step()
+    return out.values()[0]
 for _ in range(5):
     step()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

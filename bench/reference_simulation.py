@@ -85,6 +85,8 @@ def run(steps: int, overrides: dict, n_train: int = 200, seed: int = 0) -> dict:
     hp.update(overrides)
     family = hp.pop("family", "sams_vae")
     lr = float(hp.pop("lr", 0.001))
+    declared = registry.declared(family)  # the settings above that the family has
+    hp = {k: v for k, v in hp.items() if k in declared or k in overrides}
     torch.manual_seed(seed)
     model = registry.build(family, len(data.genes), data.columns, hp)
     training = {"max_steps": steps, "batch_size": 128, "lr": lr, "val_every": 100,

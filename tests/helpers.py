@@ -14,6 +14,14 @@ TINY_HP = dict(n_latent=6, n_layers=1, encoder_n_hidden=16, decoder_n_hidden=16,
                mask_beta_concentration_1=1.0, mask_beta_concentration_2=2.0)
 
 
+def for_family(family, hp=TINY_HP):
+    """The settings of ``hp`` (shared by the tests of every family) that ``family`` declares."""
+    from samsbench import models as registry
+
+    declared = set(registry.declared(family))
+    return {k: v for k, v in hp.items() if k in declared}
+
+
 def tiny_dataset(directory, kind="random", fraction=1.0, **overrides):
     """Write a tiny simulated dataset and a split; return both paths."""
     data_path = os.path.join(directory, "data.h5ad")

@@ -9,14 +9,17 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from helpers import TINY_HP, tiny_dataset
+from helpers import for_family, tiny_dataset
 from samsbench import inference, tasks
 from samsbench import models as registry
 
-FAMILIES = ["sams_vae", "sams_vae_mean_field", "cpa_vae", "conditional_vae", "svae_plus"]
+# Read from the registry, so that a new family is tested without editing this file.
+FAMILIES = [f for f, cls in registry.FAMILIES.items() if cls.trains_by_gradient]
+SUBSET_FAMILIES = [f for f in FAMILIES if registry.FAMILIES[f].samples_column_subsets]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,11 @@ def tiny(tmp_path_factory):
 
 def build(family, data):
     torch.manual_seed(0)
-    return registry.build(family, len(data.genes), data.columns, TINY_HP)
+    return registry.build(family, len(data.genes), data.columns, for_family(family))
+
+
+def encoding(family):
+    return registry.hyperparameters(family).encoding  # svae_plus: unique
 
 
 def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
@@ -52,6 +59,15 @@ def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
     # Summed over the split, every observed perturbation's term counts exactly once.
     observed = data.dose_counts("train") > 0
     assert charged.sum(1)[0].item() == pytest.approx(constant[observed].sum().item(), rel=1e-5)
+    # The named part: the global "KL" per cell is minus that sum over the cells; the parts add
+    # up to the loss.
+    torch.manual_seed(1)
+    out = inference.minibatch_loss(model, x, dose, inv, 2)
+    assert out.kl_global.item() * len(rows) == pytest.approx(-constant[observed].sum().item(),
+                                                             rel=1e-5)
+    assert out.loss.item() == pytest.approx(-with_g.mean().item(), rel=1e-6)
+    parts = out.reconstruction + out.kl_local + out.kl_global
+    assert parts.item() == pytest.approx(out.loss.item(), rel=1e-5)
     # The weights sum to one per perturbation; control cells carry no global term.
     W = (dose.dense != 0).float() * inv
     torch.testing.assert_close(W.sum(0)[observed], torch.ones(int(observed.sum())))
@@ -59,7 +75,7 @@ def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
     assert torch.all(charged[:, control] == 0)
 
 
-@pytest.mark.parametrize("family", ["sams_vae", "sams_vae_mean_field", "cpa_vae"])
+@pytest.mark.parametrize("family", SUBSET_FAMILIES)
 def test_minibatch_elbo_over_its_own_perturbations_equals_the_full_one(tiny, family):
     # Training samples the globals of only the perturbations in the minibatch (with the values
     # the full draw gives them); loss and every gradient must be those of the full draw.
@@ -90,8 +106,7 @@ def test_minibatch_elbo_over_its_own_perturbations_equals_the_full_one(tiny, fam
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_iwelbo_equals_local_elbo_at_one_particle_and_bounds_it(tiny, family):
-    hp_encoding = "unique" if family == "svae_plus" else "additive"
-    data = tasks.load_data(*tiny, encoding=hp_encoding)
+    data = tasks.load_data(*tiny, encoding=encoding(family))
     model = build(family, data)
     mean, std = data.input_statistics(model.normalization)
     model.set_input_statistics(mean, std)
@@ -110,7 +125,7 @@ def test_iwelbo_equals_local_elbo_at_one_particle_and_bounds_it(tiny, family):
 
 def test_svae_plus_rejects_multi_hot_dosages(tiny, tmp_path):
     data_path, split_path = tiny
-    hp = {**TINY_HP, "family": "svae_plus", "encoding": "additive"}
+    hp = {**for_family("svae_plus"), "family": "svae_plus", "encoding": "additive"}
     with pytest.raises(ValueError, match="one-hot"):
         tasks.train_run(data_path, split_path, hp, {"max_steps": 2}, str(tmp_path / "run"), 0,
                         progress=False)
@@ -118,7 +133,7 @@ def test_svae_plus_rejects_multi_hot_dosages(tiny, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
     data_path, split_path = tiny
-    hp = {**TINY_HP, "family": "cpa_vae"}
+    hp = {**for_family("cpa_vae"), "family": "cpa_vae"}
     with pytest.raises(FloatingPointError, match="non-finite (training|validation) loss"):
         tasks.train_run(data_path, split_path, hp, {"max_steps": 50, "lr": 1e30},
                         str(tmp_path / "run"), 0, progress=False)
@@ -134,13 +149,20 @@ def _numbers(run_dir):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_same_seed_same_numbers(tiny, tmp_path, family):
     data_path, split_path = tiny
-    hp = {**TINY_HP, "family": family, "encoding": "unique" if family == "svae_plus" else "additive"}
+    hp = {**for_family(family), "family": family}
     training = {"max_steps": 30, "batch_size": 64, "val_every": 10, "iwelbo_particles": 10}
     for name in ("a", "b"):
         tasks.train_run(data_path, split_path, hp, training, str(tmp_path / name), 0, progress=False)
     assert _numbers(tmp_path / "a") == _numbers(tmp_path / "b")
     assert math.isfinite(_numbers(tmp_path / "a")["val_iwelbo"])
-    assert (tmp_path / "a" / "history.tsv").read_text() != ""
+    # the loss and its named parts at each validation; the parts add up to the loss
+    history = pd.read_csv(tmp_path / "a" / "history.tsv", sep="\t")
+    assert list(history["step"]) == [10, 20, 30]
+    for split in ("train", "val"):
+        parts = sum(history[f"{split}_{k}"] for k in inference.LOSS_PARTS)
+        np.testing.assert_allclose(parts, history[f"{split}_loss"], rtol=1e-5)
+    has_globals = bool(registry.FAMILIES[family].global_variables)
+    assert (history["val_kl_global"] != 0).all() == has_globals
 
 
 TRAIN_SCRIPT = """

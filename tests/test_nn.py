@@ -195,13 +195,14 @@ def test_varimax_recovers_the_axes_of_a_rotated_sparse_matrix():
 
 @pytest.mark.parametrize("family,mean_field_encoder", [("sams_vae", False), ("sams_vae_mean_field", True)])
 def test_align_basis_rotates_the_latent_space_exactly(family, mean_field_encoder):
+    from helpers import for_family
     from samsbench import models as registry
 
     torch.manual_seed(0)
     hp = dict(n_latent=3, n_layers=1, encoder_n_hidden=8, decoder_n_hidden=8,
               embedding_encoder_n_layers=1, embedding_encoder_n_hidden=8, mask_prior_prob=0.1,
               mean_field_encoder=mean_field_encoder)
-    model = registry.build(family, 6, ["A", "B", "C", "D"], hp)
+    model = registry.build(family, 6, ["A", "B", "C", "D"], for_family(family, hp))
     with torch.no_grad():
         model.mask_logits.normal_(0, 2)
         for p in model.parameters():

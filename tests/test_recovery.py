@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import for_family
 from samsbench import evaluate, tasks
 from samsbench.data import contract, splits
 from samsbench.data.simulate import simulate
@@ -38,7 +39,7 @@ def write(directory, kind, **sim):
 
 def train(data_path, split_path, run_dir, family, steps, **hp):
     torch.set_num_threads(1)
-    hp = {**HP, "family": family, **hp}
+    hp = {**for_family(family, HP), "family": family, **hp}
     training = {"max_steps": steps, "batch_size": 128, "lr": 0.005, "val_every": 100,
                 "iwelbo_particles": 20}
     tasks.train_run(data_path, split_path, hp, training, run_dir, 0, progress=False)

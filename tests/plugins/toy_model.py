@@ -10,9 +10,6 @@ class HalfShift(MeanEffectModel):
 
     family = "half_shift"
 
-    def __init__(self, hp=None):
-        self.control, self.means = None, {}
-
     def fit(self, data):
         self.means = data.label_means("train")
         self.control = self.means[data.control]

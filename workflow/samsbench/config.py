@@ -7,6 +7,7 @@ defined the same way with or without Snakemake.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -16,29 +17,6 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
-
-
-# The paper's constants (models.md §7); config.yaml's model_defaults, an experiment's
-# model_defaults and a model's own block override them in that order.
-PAPER_MODEL_DEFAULTS = {
-    "n_latent": 100,
-    "n_layers": 1,
-    "encoder_n_hidden": 400,
-    "decoder_n_hidden": 400,
-    "likelihood": "library_nb",
-    "encoder_input_normalization": "log_standardize",
-    "embedding_prior_scale": 1.0,
-    "mask_prior_prob": 0.01,
-    "mean_field_encoder": False,
-    "embedding_encoder_n_layers": 2,
-    "embedding_encoder_n_hidden": 200,
-    "mask_beta_concentration_1": 1.0,
-    "mask_beta_concentration_2": 2.0,
-    "mask_init_logits": 0.0,
-    "align_basis_at": None,
-    "mask_kl": "sample",
-    "encoding": "additive",
-}
 
 
 class ConfigError(ValueError):
@@ -80,6 +58,7 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config.yaml (after expanding grids): {where}: {e.message}")
     apply_budget_scale(config)
     check_references(config)
+    check_hyperparameters(config)
     return config
 
 
@@ -102,11 +81,56 @@ def load(path: str = "config.yaml") -> dict:
         return validate(yaml.safe_load(fh) or {})
 
 
-def model_hyperparameters(config: dict, experiment: str, model: str) -> dict:
-    """Paper constants < global model defaults < experiment model defaults < the model's block."""
-    exp = config["experiments"][experiment]
-    return {**PAPER_MODEL_DEFAULTS, **config.get("model_defaults", {}),
-            **exp.get("model_defaults", {}), **config["models"][model]}
+def model_hyperparameters(config: dict, experiment: str | None, model: str) -> dict:
+    """``family`` and every hyperparameter the model's family declares: the family's defaults
+    (its ``Hyperparameters`` dataclass) < global ``model_defaults`` < the experiment's
+    ``model_defaults`` < the model's block. The shared defaults reach only the families that
+    declare a key (``n_latent`` every latent model, ``mask_prior_prob`` SAMS-VAE); the model's
+    block must fit its family: an unknown key or a wrong type is a ``ConfigError``."""
+    from samsbench import models as registry
+
+    block = dict(config["models"][model])
+    family = block.pop("family")
+    shared = dict(config.get("model_defaults") or {})
+    if experiment is not None:
+        shared.update(config["experiments"][experiment].get("model_defaults") or {})
+    try:
+        declared = set(registry.declared(family))
+        values = {**{k: v for k, v in shared.items() if k in declared}, **block}
+        hp = registry.hyperparameters(family, values)
+    except ValueError as e:  # an unknown family, key or value
+        raise ConfigError(f"config.yaml: models/{model}: {e}") from None
+    return {"family": family, **dataclasses.asdict(hp)}
+
+
+def check_hyperparameters(config: dict) -> None:
+    """Every model's hyperparameters as each experiment that trains it resolves them; a key of
+    a ``model_defaults`` block that no family of this config declares is an error too."""
+    from samsbench import models as registry
+    from samsbench.models.hparams import closest
+
+    declared: set[str] = set()
+    for name, block in config["models"].items():
+        try:
+            declared.update(registry.declared(block["family"]))
+        except ValueError as e:
+            raise ConfigError(f"config.yaml: models/{name}: {e}") from None
+    blocks = [("model_defaults", config.get("model_defaults") or {})]
+    blocks += [(f"experiments/{n}/model_defaults", e.get("model_defaults") or {})
+               for n, e in config["experiments"].items()]
+    for where, defaults in blocks:
+        for key in defaults:
+            if key not in declared:
+                raise ConfigError(f"config.yaml: {where}: unknown hyperparameter {key!r}"
+                                  f"{closest(key, sorted(declared))}; no model family of this "
+                                  f"config declares it")
+    trained = set()
+    for name, exp in config["experiments"].items():
+        for model in exp["models"]:
+            model_hyperparameters(config, name, model)
+            trained.add(model)
+    for model in set(config["models"]) - trained:
+        model_hyperparameters(config, None, model)
 
 
 def runs(config: dict, experiment: str) -> list[dict]:

@@ -2,11 +2,19 @@
 
 The minibatch ELBO charges each perturbation's global ``log p - log q`` to its cells with weight
 ``1 / N_t`` (N_t = cells of the split being evaluated with a dose of t), so summed over a
-split every observed perturbation's global term counts once (models.md §3.1).
+split every observed perturbation's global term counts once (models.md §3.1). The engine asks
+the model what it is (``trains_by_gradient``, ``has_likelihood``, ``global_parameters``,
+``after_step``; models/base.py), never its class or its parameters' names.
+
+Over 400 lines because the resumable training loop (signals, resume state, best checkpoint)
+lives here beside the ELBO it optimises; it is the part to move to a module of its own once
+the workflow steps that call ``inference.train`` have settled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,12 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from samsbench import models as registry
-from samsbench.models.base import LatentModel, MeanEffectModel
+from samsbench.models.base import LatentModel
 
 log = logging.getLogger(__name__)
-# Argument checks of torch distributions cost time on every step; a non-finite loss is caught
-# explicitly instead (``train`` stops with an error naming the step).
-torch.distributions.Distribution.set_default_validate_args(False)
 
 TRAINING_DEFAULTS = {
     "max_steps": 1000,
@@ -41,6 +46,22 @@ TRAINING_DEFAULTS = {
 }
 # Largest particles x cells x genes block evaluated at once outside training (memory bound).
 BLOCK_ELEMENTS = 1 << 24
+# Part of the resume fingerprint: a resume.pt of another layout is not read.
+RESUME_FORMAT = 2
+LOSS_PARTS = ("reconstruction", "kl_local", "kl_global")
+
+
+@contextlib.contextmanager
+def unchecked_distributions():
+    """Skip torch distributions' argument checks inside the engine, then restore the caller's
+    setting. The checks cost time on every step; a non-finite loss is caught explicitly
+    instead (``train`` stops with an error naming the step)."""
+    previous = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(previous)
 
 
 def keep_freed_memory() -> bool:
@@ -74,9 +95,59 @@ def inverse_counts(counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
 
 
+@dataclasses.dataclass
+class ElboTerms:
+    """Per particle and cell, (P, n): log p(x | .), the per-cell latent's log p - log q and the
+    cell's 1 / N_t-weighted share of the global log p - log q (None when not charged)."""
+
+    loglik: torch.Tensor
+    local: torch.Tensor
+    global_: torch.Tensor | None
+
+    def total(self) -> torch.Tensor:
+        elbo = self.loglik + self.local
+        return elbo if self.global_ is None else elbo + self.global_
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """A minibatch's negative ELBO per cell (``loss``, which carries the gradient) and its
+    named parts, Monte Carlo estimates averaged over particles and cells (detached):
+    ``reconstruction`` = -log p(x | .), ``kl_local`` = log q - log p of the per-cell latent,
+    ``kl_global`` = the cells' share of the per-perturbation latents' log q - log p. The parts
+    sum to ``loss`` up to rounding."""
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    kl_local: torch.Tensor
+    kl_global: torch.Tensor
+
+    def values(self) -> list[float]:
+        """[loss, reconstruction, kl_local, kl_global] as floats, in one device transfer."""
+        return torch.stack([self.loss.detach(), self.reconstruction, self.kl_local,
+                            self.kl_global]).tolist()
+
+
 def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
                   with_globals: bool = True) -> torch.Tensor:
     """Per particle and cell: log p(x|.) + local log p - log q (+ weighted global terms)."""
+    return elbo_terms(model, x, dose, inv_counts, n_particles, globals_, with_globals).total()
+
+
+def minibatch_loss(model: LatentModel, x, dose, inv_counts, n_particles: int) -> LossOutput:
+    """The training objective of a minibatch and its named parts (``LossOutput``)."""
+    terms = elbo_terms(model, x, dose, inv_counts, n_particles)
+    loss = -terms.total().mean()
+    with torch.no_grad():
+        kl_global = (-terms.global_.mean() if terms.global_ is not None
+                     else torch.zeros((), dtype=loss.dtype, device=loss.device))
+        return LossOutput(loss, -terms.loglik.mean(), -terms.local.mean(), kl_global)
+
+
+def elbo_terms(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
+               with_globals: bool = True) -> ElboTerms:
+    """The ELBO's parts; ``globals_`` = a shared draw of ``sample_globals`` (else drawn here,
+    only for the minibatch's perturbations when the family can)."""
     if globals_ is None and model.samples_column_subsets:
         # Only the perturbations of this minibatch's cells: the others add nothing to its ELBO.
         columns = dose.present_columns()
@@ -94,11 +165,11 @@ def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, glo
     library = x.sum(-1)
     loglik = model.decoder.log_prob(model.decoder_input(u, ctx), x, library,
                                     model.decoder.cell_terms(x))
-    elbo = loglik + local
+    charged = None
     if with_globals and global_ratio is not None:
         # Each cell carries 1 / N_t of the global term of each perturbation t it received.
-        elbo = elbo + dose.charge(global_ratio * inv_counts)
-    return elbo
+        charged = dose.charge(global_ratio * inv_counts)
+    return ElboTerms(loglik, local, charged)
 
 
 def minibatches(index: torch.Tensor, batch_size: int):
@@ -107,18 +178,23 @@ def minibatches(index: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
-def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> float:
-    """Negative ELBO per cell on a split, with that split's perturbation counts."""
+@unchecked_distributions()
+def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> dict[str, float]:
+    """Negative ELBO per cell on a split, with that split's perturbation counts: ``loss`` and
+    its parts (``LOSS_PARTS``)."""
     index = data.split_index(split)
     inv = inverse_counts(data.dose_counts(split))
-    total = 0.0
+    totals = [0.0] * (1 + len(LOSS_PARTS))
     for rows in minibatches(index, batch_size):
         x, dose = data.X[rows], data.dosage(data.codes[rows])
-        total += -particle_elbo(model, x, dose, inv, n_particles).mean().item() * len(rows)
-    return total / max(len(index), 1)
+        values = minibatch_loss(model, x, dose, inv, n_particles).values()
+        totals = [t + v * len(rows) for t, v in zip(totals, values)]
+    n = max(len(index), 1)
+    return dict(zip(("loss",) + LOSS_PARTS, (t / n for t in totals)))
 
 
 @torch.no_grad()
+@unchecked_distributions()
 def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> float:
     """Held-out IWELBO: 100 global samples drawn once and shared over the split; global priors
     are not scored (models.md §5.1)."""
@@ -137,11 +213,13 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
 
 
 @torch.no_grad()
+@unchecked_distributions()
 def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 128,
                     library_size: float = 1e4, seed: int = 0) -> np.ndarray:
     """Mean log2(CP10k+1) of sampled counts per perturbation (models.md §5.3): fresh prior
-    local latents per condition, globals shared within a chunk of particles, fixed seed."""
-    if isinstance(model, MeanEffectModel):
+    local latents per condition, globals shared within a chunk of particles, fixed seed. A
+    model without a likelihood predicts its means directly."""
+    if not model.has_likelihood:
         return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
     torch.manual_seed(seed)
     dose = data.dosage_for_labels(list(labels))
@@ -172,44 +250,28 @@ def atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def model_record(model, family: str, hp: dict, data) -> dict:
-    record = {"family": family, "hp": hp, "genes": data.genes, "columns": data.columns,
-              "encoding": data.encoding}
-    if isinstance(model, MeanEffectModel):
-        record["baseline_state"] = {k: _to_tensor(v) for k, v in model.state().items()}
-    else:
-        record["state_dict"] = model.state_dict()
-    return record
-
-
-def _to_tensor(value):
-    if isinstance(value, dict):
-        return {k: _to_tensor(v) for k, v in value.items()}
-    return torch.as_tensor(np.asarray(value))
-
-
-def _to_numpy(value):
-    if isinstance(value, dict):
-        return {k: _to_numpy(v) for k, v in value.items()}
-    return value.cpu().numpy()
+def model_record(model, family: str, data) -> dict:
+    """What ``model.pt`` holds: the family, every hyperparameter (defaults included), the
+    genes and perturbation columns it was built on, and its state."""
+    return {"family": family, "hp": dataclasses.asdict(model.hparams), "genes": data.genes,
+            "columns": data.columns, "encoding": data.encoding, "state_dict": model.state_dict()}
 
 
 def load_model(path: str, device="cpu"):
     """Rebuild a trained model from its checkpoint (weights only, no pickled code)."""
     record = torch.load(path, map_location=device, weights_only=True)
-    model = registry.build(record["family"], len(record["genes"]), record["columns"], record["hp"])
-    if isinstance(model, MeanEffectModel):
-        model.load_state(_to_numpy(record["baseline_state"]))
-    else:
-        model.load_state_dict(record["state_dict"])
-        model.to(device).eval()
+    # Checkpoints written before the families declared their hyperparameters recorded every
+    # model's keys for every family: those the family does not declare are dropped.
+    model = registry.build(record["family"], len(record["genes"]), record["columns"],
+                           record["hp"], strict=False)
+    # "baseline_state": the key under which older checkpoints kept a mean-effect model's state
+    model.load_state_dict(record["state_dict"] if "state_dict" in record
+                          else record["baseline_state"])
+    model.to(device).eval()
     return model, record
 
 
 # -- training ------------------------------------------------------------------------------
-
-# Parameters of the per-perturbation (global) guide, for ``global_lr_multiplier``.
-GLOBAL_PARAMETERS = ("mask_logits", "E_loc", "E_log_scale", "shift", "embedding_encoder.")
 
 
 def make_optimizer(model, lr: float, weight_decay: float,
@@ -218,10 +280,10 @@ def make_optimizer(model, lr: float, weight_decay: float,
     the reference, default 1) scales the learning rate of the per-perturbation guide, whose
     parameters each see only their perturbation's cells. The fused kernel (one pass over all
     parameters) is ~8x faster than per-tensor updates on CPU; torch < 2.4 lacks it."""
-    named = list(model.named_parameters())
-    is_global = [any(n.startswith(g) for g in GLOBAL_PARAMETERS) for n, _ in named]
-    groups = [{"params": [p for (_, p), g in zip(named, is_global) if not g], "lr": lr},
-              {"params": [p for (_, p), g in zip(named, is_global) if g],
+    params = list(model.parameters())
+    global_ids = {id(p) for p in model.global_parameters()}
+    groups = [{"params": [p for p in params if id(p) not in global_ids], "lr": lr},
+              {"params": [p for p in params if id(p) in global_ids],
                "lr": lr * global_lr_multiplier}]
     groups = [g for g in groups if g["params"]]
     try:
@@ -238,21 +300,28 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed: int,
+@unchecked_distributions()
+def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
           progress: bool = True, identity: dict | None = None) -> dict:
     """Train until ``max_steps``; best checkpoint by validation loss; resumable.
 
-    Writes ``model.pt`` (best), ``history.tsv`` and ``summary.json`` in ``run_dir`` and keeps
-    ``resume.pt`` (full state at the last checkpoint) so that a killed run continues from there
-    and ends with the same numbers as an uninterrupted one.
+    ``family`` is the registry name the model was built from (recorded, so that the
+    checkpoint can be rebuilt) and ``hp`` its hyperparameters (a block or the dataclass),
+    checked against the model's own. Writes ``model.pt`` (best), ``history.tsv`` (the loss and
+    its parts at each validation) and ``summary.json`` in ``run_dir`` and keeps ``resume.pt``
+    (full state at the last checkpoint) so that a killed run continues from there and ends
+    with the same numbers as an uninterrupted one.
     """
     cfg = {**TRAINING_DEFAULTS, **{k: v for k, v in training.items() if v is not None}}
+    hparams = dataclasses.asdict(model.hparams)
+    if dataclasses.asdict(registry.hyperparameters(family, hp)) != hparams:
+        raise ValueError(f"{family}: the model was built with other hyperparameters than {hp}")
     os.makedirs(run_dir, exist_ok=True)
     data.log_absent_perturbations()
-    if isinstance(model, MeanEffectModel):
+    if not model.trains_by_gradient:
         start = time.perf_counter()
         model.fit(data)
-        atomic_save(model_record(model, family, hp, data), os.path.join(run_dir, "model.pt"))
+        atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
         _write_history([], run_dir)
         summary = {"steps": 0, "timing": {"wall_seconds": time.perf_counter() - start}}
         return _finish({**(identity or {}), **summary}, family, run_dir)
@@ -268,11 +337,6 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     val_every = int(cfg["val_every"] or steps_per_epoch)
     ckpt_every = int(cfg["checkpoint_every"] or val_every)
     max_steps = int(cfg["max_steps"])
-    # Beyond the reference (hyperparameter align_basis_at, default off): at this fraction of
-    # max_steps a model with ``align_basis`` rotates its latent basis to the sparsest one and
-    # training restarts its optimiser and best-checkpoint search (docs/mask_recovery.md).
-    align_step = (round(float(hp["align_basis_at"]) * max_steps)
-                  if hp.get("align_basis_at") and hasattr(model, "align_basis") else 0)
 
     torch.manual_seed(seed)
     mean, std = data.input_statistics(model.normalization)
@@ -283,10 +347,12 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     gen = torch.Generator().manual_seed(seed)
     train_index = data.split_index("train")
     inv_train = inverse_counts(data.dose_counts("train"))
-    key = fingerprint(family, hp, cfg, seed, data.genes, data.columns, n_train)
+    key = fingerprint(RESUME_FORMAT, family, hparams, cfg, seed, data.genes, data.columns,
+                      n_train)
     resume_path = os.path.join(run_dir, "resume.pt")
     state = {"step": 0, "perm": None, "pos": 0, "best_val": math.inf, "best_step": -1,
-             "best_state": None, "history": [], "elapsed": 0.0, "train_sum": 0.0, "train_n": 0}
+             "best_state": None, "history": [], "elapsed": 0.0,
+             "train_sums": [0.0] * (1 + len(LOSS_PARTS)), "train_n": 0}
     if os.path.exists(resume_path):
         saved = torch.load(resume_path, map_location=data.device, weights_only=True)
         if saved.get("fingerprint") == key:
@@ -326,10 +392,11 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
             rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size].to(data.device)]
             state["pos"] += batch_size
             x, dose = data.X[rows], data.dosage(data.codes[rows])
-            loss = -particle_elbo(model, x, dose, inv_train, int(cfg["n_particles"])).mean()
+            out = minibatch_loss(model, x, dose, inv_train, int(cfg["n_particles"]))
             optim.zero_grad(set_to_none=True)
-            loss.backward()
-            value = loss.item()
+            out.loss.backward()
+            values = out.values()
+            value = values[0]
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"non-finite training loss ({value}) at step {state['step'] + 1} of "
@@ -339,27 +406,32 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optim.step()
             state["step"] += 1
-            if align_step and state["step"] == align_step:
-                model.align_basis()
+            # e.g. SAMS-VAE's align_basis_at (docs/mask_recovery.md): a re-parameterised model
+            # starts a new optimiser and a new best-checkpoint search
+            if model.after_step(state["step"], max_steps):
                 optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
                                        float(cfg["global_lr_multiplier"]))
                 state["best_val"], state["best_state"] = math.inf, None
-                log.info("%s: latent basis aligned at step %d", run_dir, align_step)
-            state["train_sum"] += value
+                log.info("%s: the model re-parameterised itself at step %d", run_dir,
+                         state["step"])
+            state["train_sums"] = [a + b for a, b in zip(state["train_sums"], values)]
             state["train_n"] += 1
             bar.update(1)
             step = state["step"]
             if step % val_every == 0 or step == max_steps:
                 model.eval()
-                val = split_loss(model, data, "val", int(cfg["n_particles"]), batch_size)
+                val_parts = split_loss(model, data, "val", int(cfg["n_particles"]), batch_size)
+                val = val_parts["loss"]
                 model.train()
                 if not math.isfinite(val):
                     raise FloatingPointError(f"non-finite validation loss at step {step}")
+                train_mean = [t / state["train_n"] for t in state["train_sums"]]
                 state["history"].append({
-                    "step": step, "train_loss": state["train_sum"] / state["train_n"],
-                    "val_loss": val,
+                    "step": step, "train_loss": train_mean[0], "val_loss": val,
+                    **{f"train_{k}": v for k, v in zip(LOSS_PARTS, train_mean[1:])},
+                    **{f"val_{k}": val_parts[k] for k in LOSS_PARTS},
                     "wall_seconds": elapsed0 + time.perf_counter() - clock})
-                state["train_sum"], state["train_n"] = 0.0, 0
+                state["train_sums"], state["train_n"] = [0.0] * (1 + len(LOSS_PARTS)), 0
                 if val < state["best_val"]:
                     state["best_val"], state["best_step"] = val, step
                     state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -376,7 +448,7 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
     wall = elapsed0 + time.perf_counter() - clock
     model.load_state_dict(state["best_state"])
     model.eval()
-    atomic_save(model_record(model, family, hp, data), os.path.join(run_dir, "model.pt"))
+    atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
     _write_history(state["history"], run_dir)
     val_iw = iwelbo(model, data, "val", int(cfg["iwelbo_particles"]), seed=seed)
     summary = {
@@ -390,7 +462,9 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
 def _write_history(history, run_dir: str) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame(history, columns=["step", "train_loss", "val_loss", "wall_seconds"])
+    columns = ["step", "train_loss", "val_loss", *(f"{s}_{k}" for s in ("train", "val")
+                                                    for k in LOSS_PARTS), "wall_seconds"]
+    frame = pd.DataFrame(history, columns=columns)
     path = os.path.join(run_dir, "history.tsv")
     frame.to_csv(path + ".tmp", sep="\t", index=False)
     os.replace(path + ".tmp", path)

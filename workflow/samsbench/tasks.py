@@ -55,7 +55,8 @@ def train_run(data_path: str, split_path: str, hp: dict, training: dict, run_dir
     (experiment, model, split, ...) is recorded in summary.json."""
     hp = dict(hp)
     family = hp.pop("family")
-    data = load_data(data_path, split_path, hp.get("encoding", "additive"), device)
+    hp = registry.hyperparameters(family, hp)  # the family's typed hyperparameters
+    data = load_data(data_path, split_path, hp.encoding, device)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = registry.build(family, len(data.genes), data.columns, hp)
     identity = {**(identity or {}), "seed": seed}
@@ -97,7 +98,7 @@ def predict_run(data_path: str, split_path: str, model_path: str, out_path: str,
 def iwelbo_run(data_path: str, split_path: str, model_path: str, n_particles: int = 100,
                device: str = "auto", seed: int = 0) -> dict:
     model, record = inference.load_model(model_path, pick_device(device))
-    if isinstance(model, registry.MeanEffectModel):
+    if not model.has_likelihood:
         return {}
     data = load_data(data_path, split_path, record["encoding"], device)
     out = {}

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from samsbench.labels import COMBINATION_SEP, components  # noqa: F401 (re-exported)
+
 PERTURBATION_KEY = "perturbation"
 DEFAULT_CONTROL = "non-targeting"
-COMBINATION_SEP = "+"
 
 
 class ContractError(ValueError):
@@ -25,11 +26,6 @@ class ContractError(ValueError):
 
 def control_label(adata: ad.AnnData) -> str:
     return str(adata.uns.get("control_label", DEFAULT_CONTROL))
-
-
-def components(label: str) -> list[str]:
-    """Split a perturbation label into its single perturbations (``A+B`` -> ``[A, B]``)."""
-    return label.split(COMBINATION_SEP)
 
 
 def _check_label(label: str) -> None:

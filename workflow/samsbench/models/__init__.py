@@ -1,18 +1,20 @@
 """Model registry: a family is found by its registry name (config ``family:``).
 
 Built-in families live one per file in this package. A new family is one file defining a
-subclass of ``LatentModel`` (or ``MeanEffectModel``) with a ``family`` name; name it in
-config as ``family: path/to/file.py:ClassName`` or ``family: package.module:ClassName``, or
-call ``register`` (see docs/adding_a_model.md).
+subclass of ``LatentModel`` (or ``MeanEffectModel``) with a ``family`` name and a
+``Hyperparameters`` dataclass; name it in config as ``family: path/to/file.py:ClassName`` or
+``family: package.module:ClassName``, or call ``register`` (see docs/adding_a_model.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
 
 from samsbench.models.base import LatentModel, MeanEffectModel
+from samsbench.models.hparams import HyperparameterError, parse
 from samsbench.models.baselines import AdditiveMean, ControlMean
 from samsbench.models.conditional_vae import ConditionalVAE
 from samsbench.models.cpa_vae import CpaVAE
@@ -55,8 +57,22 @@ def resolve(family: str) -> type:
     raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
 
 
-def build(family: str, n_genes: int, perturbations: list[str], hp: dict):
+def hyperparameters(family: str, values=None, strict: bool = True):
+    """The family's ``Hyperparameters`` for a config block (without ``family``): defaults
+    filled in; an unknown key or a value of the wrong type is a ``HyperparameterError``."""
     cls = resolve(family)
-    if issubclass(cls, MeanEffectModel):
-        return cls(hp)
-    return cls(n_genes, perturbations, hp)
+    return parse(cls.Hyperparameters, values, family, strict)
+
+
+def declared(family: str) -> list[str]:
+    """The hyperparameter names a family declares."""
+    return [f.name for f in dataclasses.fields(resolve(family).Hyperparameters)]
+
+
+def build(family: str, n_genes: int, perturbations: list[str], hp=None, strict: bool = True):
+    """A new model; ``hp`` is a config block (a mapping) or the family's ``Hyperparameters``."""
+    return resolve(family)(n_genes, perturbations, hyperparameters(family, hp, strict))
+
+
+__all__ = ["FAMILIES", "HyperparameterError", "LatentModel", "MeanEffectModel", "build",
+           "declared", "hyperparameters", "register", "resolve"]

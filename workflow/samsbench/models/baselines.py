@@ -2,22 +2,21 @@
 
 ``control_mean``: no perturbation has an effect. ``additive_mean``: each single perturbation
 shifts the control mean by its mean shift on the training cells; a combination is the sum of
-its singles' shifts (a single never seen in training has no shift).
+its singles' shifts (a single never seen in training has no shift). Neither has
+hyperparameters beyond ``encoding``; their state is set by ``fit``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from samsbench.data.contract import components
+from samsbench.labels import components
 from samsbench.models.base import MeanEffectModel
 
 
 class ControlMean(MeanEffectModel):
     family = "control_mean"
-
-    def __init__(self, hp: dict | None = None):
-        self.control = None
+    control: np.ndarray | None = None
 
     def fit(self, data) -> None:
         means = data.label_means("train")
@@ -37,10 +36,6 @@ class ControlMean(MeanEffectModel):
 
 class AdditiveMean(ControlMean):
     family = "additive_mean"
-
-    def __init__(self, hp: dict | None = None):
-        super().__init__(hp)
-        self.shifts: dict[str, np.ndarray] = {}
 
     def fit(self, data) -> None:
         super().fit(data)

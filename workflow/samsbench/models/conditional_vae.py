@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import torch
+from torch.distributions import Normal
 
 from samsbench.models.base import LatentModel
-from samsbench.nn import Decoder, GaussianEncoder
-from torch.distributions import Normal
+from samsbench.nn import GaussianEncoder
 
 
 class ConditionalVAE(LatentModel):
     family = "conditional_vae"
 
-    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
-        super().__init__(n_genes, perturbations, hp)
-        T, K = self.n_perturbations, int(hp["n_latent"])
-        self.n_latent = K
-        self.encoder = GaussianEncoder(n_genes + T, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
-        self.decoder = Decoder(K + T, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
-                               hp.get("likelihood", "library_nb"))
+    def __init__(self, n_genes: int, perturbations: list[str], hparams):
+        super().__init__(n_genes, perturbations, hparams)
+        hp, T, K = self.hparams, self.n_perturbations, self.n_latent
+        self.encoder = GaussianEncoder(n_genes + T, K, hp.encoder_n_hidden, hp.n_layers)
+        self.decoder = self.decoder_for(K + T)
 
     def cell_context(self, dose, g):
         return dose.dense

@@ -8,24 +8,26 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from samsbench.models.base import ShiftModel
+from samsbench.models.base import FreeEmbeddingHyperparameters, ShiftModel
 from samsbench.nn import rows_of
 
 
 class CpaVAE(ShiftModel):
     family = "cpa_vae"
+    Hyperparameters = FreeEmbeddingHyperparameters
+    global_variables = ("E",)
     samples_column_subsets = True
 
-    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
-        super().__init__(n_genes, perturbations, hp)
-        T, K = self.n_perturbations, int(hp["n_latent"])
-        self.n_latent = K
-        self.embedding_prior_scale = float(hp.get("embedding_prior_scale", 1.0))
-        self.E_loc = nn.Parameter(float(hp.get("embedding_loc_init_scale", 0.0)) * torch.randn(T, K))
-        self.E_log_scale = nn.Parameter(
-            torch.full((T, K), math.log(float(hp.get("embedding_scale_init", 1.0))))
-        )
-        self.build_networks(n_genes, hp)
+    def __init__(self, n_genes: int, perturbations: list[str], hparams):
+        super().__init__(n_genes, perturbations, hparams)
+        hp, T, K = self.hparams, self.n_perturbations, self.n_latent
+        self.embedding_prior_scale = hp.embedding_prior_scale
+        self.E_loc = nn.Parameter(hp.embedding_loc_init_scale * torch.randn(T, K))
+        self.E_log_scale = nn.Parameter(torch.full((T, K), math.log(hp.embedding_scale_init)))
+        self.build_networks()
+
+    def global_parameters(self):
+        return [self.E_loc, self.E_log_scale]
 
     def sample_globals(self, n_particles: int, columns: torch.Tensor | None = None):
         scale = torch.exp(rows_of(self.E_log_scale, columns)) + 1e-4

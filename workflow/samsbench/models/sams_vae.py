@@ -4,47 +4,80 @@ Guides: ``sams_vae`` (correlated: q(E | M) from an MLP on the sampled mask row a
 perturbation) and ``sams_vae_mean_field`` (independent free q(M), q(E)).
 """
 
-from __future__ import annotations
-
+import dataclasses
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.distributions import Normal
 
-from samsbench.models.base import ShiftModel
+from samsbench.models.base import FreeEmbeddingHyperparameters, ShiftHyperparameters, ShiftModel
 from samsbench.nn import (GaussianEncoder, OneHotRows, bernoulli_kl, bernoulli_log_prob, logit,
                           rows_of, st_bernoulli_sample)
 
 
+@dataclasses.dataclass(frozen=True)
+class SamsVAEHyperparameters(ShiftHyperparameters):
+    """Both guides. ``mask_kl``: "sample" (the reference) charges the mask's log p - log q at
+    the sampled mask, a one-sample estimate; "analytic" minus the exact Bernoulli KL, same
+    expectation, no noise. ``align_basis_at`` (beyond the reference; None = off): at this
+    fraction of max_steps the latent basis is rotated to the sparsest one (``align_basis``).
+    It is the model's setting, not training's, because only this family can do it and one
+    experiment trains the family both with and without it."""
+
+    mask_prior_prob: float = 0.01
+    mask_init_logits: float = 0.0
+    mask_kl: Literal["sample", "analytic"] = "sample"
+    align_basis_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrelatedGuideHyperparameters(SamsVAEHyperparameters):
+    """q(E | M) from an MLP of this depth and width on the mask row and the one-hot label."""
+
+    embedding_encoder_n_layers: int = 2
+    embedding_encoder_n_hidden: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldGuideHyperparameters(SamsVAEHyperparameters, FreeEmbeddingHyperparameters):
+    pass
+
+
 class SamsVAE(ShiftModel):
     family = "sams_vae"
+    Hyperparameters = CorrelatedGuideHyperparameters
+    global_variables = ("mask", "E")
     correlated = True
     samples_column_subsets = True
 
-    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
-        super().__init__(n_genes, perturbations, hp)
-        T, K = self.n_perturbations, int(hp["n_latent"])
-        self.n_latent = K
-        self.mask_prior_logit = logit(float(hp["mask_prior_prob"]))
-        # "sample" (the reference): the mask's log p - log q at the sampled mask, a one-sample
-        # estimate; "analytic": minus the exact Bernoulli KL, same expectation, no noise.
-        self.mask_kl = hp.get("mask_kl", "sample")
-        if self.mask_kl not in ("sample", "analytic"):
-            raise ValueError(f"mask_kl must be 'sample' or 'analytic', got {self.mask_kl!r}")
-        self.embedding_prior_scale = float(hp.get("embedding_prior_scale", 1.0))
-        self.mask_logits = nn.Parameter(torch.full((T, K), float(hp.get("mask_init_logits", 0.0))))
+    def __init__(self, n_genes: int, perturbations: list[str], hparams):
+        super().__init__(n_genes, perturbations, hparams)
+        hp, T, K = self.hparams, self.n_perturbations, self.n_latent
+        self.mask_prior_logit = logit(hp.mask_prior_prob)
+        self.mask_kl = hp.mask_kl
+        self.embedding_prior_scale = hp.embedding_prior_scale
+        self.mask_logits = nn.Parameter(torch.full((T, K), hp.mask_init_logits))
         if self.correlated:
             self.embedding_encoder = GaussianEncoder(
-                K + T, K, int(hp["embedding_encoder_n_hidden"]), int(hp["embedding_encoder_n_layers"])
-            )
+                K + T, K, hp.embedding_encoder_n_hidden, hp.embedding_encoder_n_layers)
         else:
-            loc_scale = float(hp.get("embedding_loc_init_scale", 0.0))
-            self.E_loc = nn.Parameter(loc_scale * torch.randn(T, K))
-            self.E_log_scale = nn.Parameter(
-                torch.full((T, K), math.log(float(hp.get("embedding_scale_init", 1.0))))
-            )
-        self.build_networks(n_genes, hp)
+            self.E_loc = nn.Parameter(hp.embedding_loc_init_scale * torch.randn(T, K))
+            self.E_log_scale = nn.Parameter(torch.full((T, K), math.log(hp.embedding_scale_init)))
+        self.build_networks()
+
+    def global_parameters(self):
+        guide = (list(self.embedding_encoder.parameters()) if self.correlated
+                 else [self.E_loc, self.E_log_scale])
+        return [self.mask_logits, *guide]
+
+    def after_step(self, step: int, max_steps: int) -> bool:
+        at = self.hparams.align_basis_at
+        if at and step == round(at * max_steps):
+            self.align_basis()
+            return True
+        return False
 
     def q_embedding(self, mask: torch.Tensor, columns: torch.Tensor | None = None) -> Normal:
         if self.correlated:
@@ -145,4 +178,5 @@ def varimax(loadings: torch.Tensor, max_iter: int = 500, tol: float = 1e-8) -> t
 
 class SamsVAEMeanField(SamsVAE):
     family = "sams_vae_mean_field"
+    Hyperparameters = MeanFieldGuideHyperparameters
     correlated = False

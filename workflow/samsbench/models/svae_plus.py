@@ -8,30 +8,48 @@ so only the Beta prior of pi is charged to the cells.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.distributions import Beta, Normal
 
-from samsbench.models.base import LatentModel
-from samsbench.nn import Decoder, GaussianEncoder, st_bernoulli_sample
+from samsbench.models.base import LatentHyperparameters, LatentModel
+from samsbench.nn import GaussianEncoder, st_bernoulli_sample
 
 _EPS = torch.finfo(torch.float32).eps
 
 
+@dataclasses.dataclass(frozen=True)
+class SvaePlusHyperparameters(LatentHyperparameters):
+    """One-hot dosages only, hence ``encoding`` unique; the mask probabilities' Beta(c1, c2)
+    prior; the mask logits' initial value."""
+
+    encoding: Literal["additive", "unique"] = "unique"
+    mask_init_logits: float = 0.0
+    mask_beta_concentration_1: float = 1.0
+    mask_beta_concentration_2: float = 2.0
+
+
 class SvaePlus(LatentModel):
     family = "svae_plus"
+    Hyperparameters = SvaePlusHyperparameters
+    global_variables = ("mask",)
     requires_one_hot = True
 
-    def __init__(self, n_genes: int, perturbations: list[str], hp: dict):
-        super().__init__(n_genes, perturbations, hp)
-        T, K = self.n_perturbations, int(hp["n_latent"])
-        self.mask_logits = nn.Parameter(torch.full((T, K), float(hp.get("mask_init_logits", 0.0))))
+    def __init__(self, n_genes: int, perturbations: list[str], hparams):
+        super().__init__(n_genes, perturbations, hparams)
+        hp, T, K = self.hparams, self.n_perturbations, self.n_latent
+        self.mask_logits = nn.Parameter(torch.full((T, K), hp.mask_init_logits))
         self.shift = nn.Parameter(0.1 * torch.randn(T, K))  # "action prior mean"
-        self.register_buffer("beta_c1", torch.tensor(float(hp.get("mask_beta_concentration_1", 1.0))))
-        self.register_buffer("beta_c2", torch.tensor(float(hp.get("mask_beta_concentration_2", 2.0))))
-        self.encoder = GaussianEncoder(n_genes, K, int(hp["encoder_n_hidden"]), int(hp["n_layers"]))
-        self.decoder = Decoder(K, n_genes, int(hp["decoder_n_hidden"]), int(hp["n_layers"]),
-                               hp.get("likelihood", "library_nb"))
+        self.register_buffer("beta_c1", torch.tensor(hp.mask_beta_concentration_1))
+        self.register_buffer("beta_c2", torch.tensor(hp.mask_beta_concentration_2))
+        self.encoder = GaussianEncoder(n_genes, K, hp.encoder_n_hidden, hp.n_layers)
+        self.decoder = self.decoder_for(K)
+
+    def global_parameters(self):
+        return [self.mask_logits, self.shift]
 
     def sample_globals(self, n_particles: int):
         # Clamped so that the Beta density stays finite when a probability saturates.
