@@ -544,6 +544,8 @@ def download(
 
 
 def add_download_parser(subparsers) -> argparse.ArgumentParser:
+    from samsbench.cli import non_negative_float, non_negative_int, positive_float
+
     parser = subparsers.add_parser(
         "download",
         help="download a file with retries, format and checksum checks",
@@ -565,20 +567,23 @@ def add_download_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-checksum", action="store_true", help="fail when no sha256 is known"
     )
-    parser.add_argument("--retries", type=int, default=4, help="retries per URL (default 4)")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)"
+        "--retries", type=non_negative_int, default=4, help="retries per URL (default 4)"
     )
     parser.add_argument(
-        "--deadline", type=float, default=DEFAULT_DEADLINE,
+        "--timeout", type=positive_float, default=60.0,
+        help="socket timeout in seconds (default 60)",
+    )
+    parser.add_argument(
+        "--deadline", type=non_negative_float, default=DEFAULT_DEADLINE,
         help=f"give up after this many seconds in all (default {DEFAULT_DEADLINE:g}; 0: none)",
     )
     parser.add_argument(
-        "--min-rate", type=float, default=DEFAULT_MIN_RATE,
+        "--min-rate", type=non_negative_float, default=DEFAULT_MIN_RATE,
         help=f"drop a transfer slower than this many bytes/s (default {DEFAULT_MIN_RATE:g})",
     )
     parser.add_argument(
-        "--rate-window", type=float, default=DEFAULT_RATE_WINDOW,
+        "--rate-window", type=positive_float, default=DEFAULT_RATE_WINDOW,
         help=f"seconds over which --min-rate is measured (default {DEFAULT_RATE_WINDOW:g})",
     )
     parser.set_defaults(func=run_download)
