@@ -4,76 +4,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.server
 import os
 import socket
-import threading
 
 import pytest
 
+from bad_inputs import H5_BODY, HttpServer
 from samsbench.data import download as dl
 
-H5_BODY = dl.HDF5_MAGIC + bytes(range(256)) * 40  # ~10 kB that starts like an HDF5 file
 H5_SHA = hashlib.sha256(H5_BODY).hexdigest()
 HTML_BODY = b"<!DOCTYPE html>\n<html><body><h1>Access denied</h1></body></html>\n"
 
 
-class _Server:
-    """Routes map a path to a list of planned responses, used in turn (the last one repeats).
-
-    A response is a dict: status, body, optional content_length (a lie, for truncation),
-    optional headers, optional ranges=True to honour Range requests.
-    """
-
-    def __init__(self):
-        self.routes: dict[str, list[dict]] = {}
-        self.requests: list[tuple[str, dict]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                server.requests.append((self.path, dict(self.headers)))
-                plan = server.routes.get(self.path, [{"status": 404, "body": b"not found"}])
-                response = plan.pop(0) if len(plan) > 1 else plan[0]
-                body, status = response["body"], response["status"]
-                start = 0
-                range_header = self.headers.get("Range")
-                if response.get("ranges") and range_header:
-                    start = int(range_header.split("=")[1].rstrip("-"))
-                    status = 206
-                part = body[start:]
-                self.send_response(status)
-                self.send_header("Content-Type", response.get("type", "application/octet-stream"))
-                length = response.get("content_length", len(part))
-                self.send_header("Content-Length", str(length))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.end_headers()
-                self.wfile.write(part[: response.get("send", len(part))])
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
-
-    def hits(self, path: str) -> int:
-        return sum(1 for p, _ in self.requests if p == path)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture()
 def server():
-    srv = _Server()
+    srv = HttpServer()
     yield srv
     srv.close()
 

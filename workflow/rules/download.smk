@@ -18,5 +18,6 @@ rule download:
         source=lambda wc: sbdownload.resolve(wc.file, config.get("downloads")),
         checksums="data/checksums.tsv",
         require_checksum=config.get("require_checksums", False),
+        limits=config["download_limits"],
     script:
         "../scripts/download.py"

@@ -1,4 +1,5 @@
 # Predictions (h5ad), metrics per run, and the experiment's tidy metrics table.
+import samsbench.data.memory as sbmemory
 
 
 rule evaluate:
@@ -16,6 +17,9 @@ rule evaluate:
     conda:
         "../../envs/samsbench.yaml"
     threads: 1
+    resources:
+        # the dense matrix and overheads, from the prepared file's shape (data/memory.py)
+        mem_mb=lambda wc, input, attempt: sbmemory.mem_mb(input.data, attempt),
     params:
         run=run_identity,
         evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],

@@ -1,4 +1,5 @@
 # Train every model x split x seed of an experiment.
+import samsbench.data.memory as sbmemory
 
 
 rule train:
@@ -18,7 +19,8 @@ rule train:
         "../../envs/samsbench.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        # the dense matrix and overheads, from the prepared file's shape (data/memory.py)
+        mem_mb=lambda wc, input, attempt: sbmemory.mem_mb(input.data, attempt),
         runtime=60,
     params:
         run=run_identity,

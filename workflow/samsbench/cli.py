@@ -8,11 +8,72 @@ import logging
 import sys
 
 
+# -- argument types: a value out of range is refused by argparse, naming the flag ------------
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _number(text: str, minimum: float, inclusive: bool) -> float:
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not (value >= minimum if inclusive else value > minimum):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, 0.0, inclusive=True)
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _simulate(args):
     from samsbench.data import contract
     from samsbench.data.simulate import simulate
 
-    kwargs = json.loads(args.params) if args.params else {}
+    kwargs = args.params or {}
     contract.write(simulate(seed=args.seed, **kwargs), args.out)
     return 0
 
@@ -36,7 +97,7 @@ def _train(args):
         raise SystemExit(f"unknown model {args.model!r}; config.yaml defines {sorted(cfg['models'])}")
     hp = sbconfig.model_hyperparameters(cfg, args.experiment, args.model)
     training = dict(cfg["experiments"][args.experiment]["training"])
-    if args.max_steps:
+    if args.max_steps is not None:
         training["max_steps"] = args.max_steps
     summary = tasks.train_run(args.data, args.splits, hp, training, args.out, args.seed,
                               device=args.device)
@@ -48,10 +109,10 @@ def _evaluate(args):
     from samsbench import tasks
 
     run = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
-           "family": "", "split": args.split_name, "seed": args.seed}
+           "family": args.family or "", "split": args.split_name, "seed": args.seed}
     predictions = args.predictions or f"{args.run}/predictions.h5ad"
     tasks.predict_run(args.data, args.splits, f"{args.run}/model.pt", predictions,
-                      n_particles=args.ate_particles, device=args.device)
+                      n_particles=args.ate_particles, device=args.device, family=args.family)
     table = tasks.evaluate_run(run, args.data, args.splits, predictions, f"{args.run}/model.pt",
                                args.out or f"{args.run}/metrics.tsv",
                                iwelbo_particles=args.iwelbo_particles, device=args.device)
@@ -66,16 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write the simulated screen as a contract h5ad")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--params", help="JSON object of simulate() arguments")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--params", type=json_object, help="JSON object of simulate() arguments")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("split", help="write a split TSV (cell_id, split)")
     p.add_argument("--data", required=True)
     p.add_argument("--kind", choices=["random", "ood", "data_efficiency"], default="random")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=1.0)
-    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--fraction", type=fraction, default=1.0)
+    p.add_argument("--test-fraction", type=fraction, default=0.25)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_split)
 
@@ -85,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--splits", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_train)
@@ -97,14 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", required=True)
     p.add_argument("--predictions")
     p.add_argument("--out")
-    p.add_argument("--ate-particles", type=int, default=2500)
-    p.add_argument("--iwelbo-particles", type=int, default=100)
+    p.add_argument("--ate-particles", type=positive_int, default=2500)
+    p.add_argument("--iwelbo-particles", type=positive_int, default=100)
+    p.add_argument("--family", default=None,
+                   help="the model's family as written in config.yaml; needed for a plug-in "
+                        "(a checkpoint alone may only name a registered family)")
     p.add_argument("--device", default="auto")
     p.add_argument("--experiment", default="")
     p.add_argument("--dataset", default="")
     p.add_argument("--name", default="")
     p.add_argument("--split-name", default="")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_evaluate)
 
     for module, adder in (("samsbench.evaluate", "add_score_parser"),

@@ -41,8 +41,65 @@ def load_schema() -> dict:
         return yaml.safe_load(fh)
 
 
+# Names become folder and file names and Snakemake wildcards (workflow/rules/common.smk):
+# experiments, datasets and models without '.', splits and downloads with it; never a leading
+# '.' (hidden files, '..'). A '/' would reach outside results/ or match no rule.
+NAME_PATTERNS = {
+    "experiments": (r"[A-Za-z0-9_-]+", "letters, digits, '_' and '-'"),
+    "datasets": (r"[A-Za-z0-9_-]+", "letters, digits, '_' and '-'"),
+    "models": (r"[A-Za-z0-9_-]+", "letters, digits, '_' and '-'"),
+    "splits": (r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+               "letters, digits, '_', '.' and '-', not starting with '.'"),
+    "downloads": (r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+                  "letters, digits, '_', '.' and '-', not starting with '.'"),
+}
+
+
+def check_names(config: dict) -> None:
+    """Every name under experiments/datasets/models/splits/downloads is path-safe."""
+    for key, (pattern, allowed) in NAME_PATTERNS.items():
+        table = config.get(key)
+        if not isinstance(table, dict):
+            continue  # the schema names a missing or mistyped table
+        for name in table:
+            if not isinstance(name, str) or not re.fullmatch(pattern, name):
+                raise ConfigError(
+                    f"config.yaml: {key}: the name {name!r} may only contain {allowed} "
+                    "(it becomes a folder or file name)"
+                )
+
+
+def check_families(config: dict) -> None:
+    """Each model's family is a registered name or a plug-in that can be found."""
+    import importlib.util
+
+    from samsbench.models import FAMILIES
+
+    for name, block in config["models"].items():
+        family = block["family"]
+        if family in FAMILIES:
+            continue
+        where = f"config.yaml: models/{name}/family"
+        if ":" not in family:
+            raise ConfigError(f"{where}: unknown model family {family!r}; known: "
+                              f"{', '.join(sorted(FAMILIES))}, or file.py:Class / "
+                              "module:Class for a plug-in")
+        module = family.rsplit(":", 1)[0]
+        if module.endswith(".py"):
+            if not os.path.exists(module):
+                raise ConfigError(f"{where}: plug-in file not found: {module}")
+        else:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ConfigError(f"{where}: plug-in module {module!r} cannot be imported")
+
+
 def validate(config: dict) -> dict:
     """Fill defaults and check the config; errors name the offending key path."""
+    check_names(config)
     validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -58,6 +115,7 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config.yaml (after expanding grids): {where}: {e.message}")
     apply_budget_scale(config)
     check_references(config)
+    check_families(config)
     check_hyperparameters(config)
     return config
 
@@ -77,8 +135,19 @@ def check_references(config: dict) -> None:
 
 
 def load(path: str = "config.yaml") -> dict:
+    """Read and validate a config file; a YAML syntax error names the line and column."""
     with open(path) as fh:
-        return validate(yaml.safe_load(fh) or {})
+        try:
+            config = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(f"{path}: YAML syntax error at {where}: {problem}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, found "
+                          f"{type(config).__name__}")
+    return validate(config)
 
 
 def model_hyperparameters(config: dict, experiment: str | None, model: str) -> dict:

@@ -541,7 +541,7 @@ def ora(query: Iterable[str], sets: Mapping[str, set[str]], background: Iterable
             "overlap": counts[0].to_numpy(),
             "set_size": counts[1].to_numpy(),
             "pvalue": res["P-value"].astype(float).to_numpy(),
-            "genes": res["Genes"].astype(str).to_numpy(),
+            "genes": [";".join(sorted(g.split(";"))) for g in res["Genes"].astype(str)],  # sorted: stable bytes
         }
     )
     # BH over all offered sets: overlapping ones with their p, the rest at p = 1.

@@ -245,9 +245,43 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
 # -- checkpoints ---------------------------------------------------------------------------
 
 def atomic_save(obj, path: str) -> None:
+    """Write to a temporary file, fsync it, rename it over ``path`` and fsync the folder, so
+    that a crash or power loss leaves the old file or the new one, never a cut one."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_resume(path: str, device="cpu") -> dict | None:
+    """The state saved at ``path``; None when there is none, and None with a warning when the
+    file is empty, cut or unreadable (a fresh start beats failing every retry on it)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
+        log.warning("%s is unreadable (%s: %s); training starts afresh and overwrites it",
+                    path, type(exc).__name__, exc)
+        return None
+    if not isinstance(saved, dict):
+        log.warning("%s holds no training state (%s); training starts afresh", path,
+                    type(saved).__name__)
+        return None
+    return saved
 
 
 def model_record(model, family: str, data) -> dict:
@@ -257,13 +291,33 @@ def model_record(model, family: str, data) -> dict:
             "columns": data.columns, "encoding": data.encoding, "state_dict": model.state_dict()}
 
 
-def load_model(path: str, device="cpu"):
-    """Rebuild a trained model from its checkpoint (weights only, no pickled code)."""
+def load_model(path: str, device="cpu", family=None):
+    """Rebuild a trained model from its checkpoint (weights only, no pickled code).
+
+    A checkpoint names its family; that name is looked up in the registry only, never run as
+    a file or imported as a module, so loading a file cannot execute code. A plug-in family
+    comes from the config the user wrote: pass it as ``family`` (the config's ``family:``
+    string, which must equal the checkpoint's, or the class itself)."""
     record = torch.load(path, map_location=device, weights_only=True)
+    name = record.get("family") if isinstance(record, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: not a samsbench checkpoint (no family name)")
+    if family is None:
+        try:
+            cls = registry.resolve(name, plugins=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    elif isinstance(family, type):
+        cls = family
+    elif family != name:
+        raise ValueError(f"{path}: the checkpoint's family {name!r} is not the configured "
+                         f"family {family!r}")
+    else:
+        cls = registry.resolve(family)  # the config's own string: trusted
     # Checkpoints written before the families declared their hyperparameters recorded every
     # model's keys for every family: those the family does not declare are dropped.
-    model = registry.build(record["family"], len(record["genes"]), record["columns"],
-                           record["hp"], strict=False)
+    hp = registry.parse(cls.Hyperparameters, record["hp"], name, strict=False)
+    model = cls(len(record["genes"]), record["columns"], hp)
     # "baseline_state": the key under which older checkpoints kept a mean-effect model's state
     model.load_state_dict(record["state_dict"] if "state_dict" in record
                           else record["baseline_state"])
@@ -353,8 +407,8 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     state = {"step": 0, "perm": None, "pos": 0, "best_val": math.inf, "best_step": -1,
              "best_state": None, "history": [], "elapsed": 0.0,
              "train_sums": [0.0] * (1 + len(LOSS_PARTS)), "train_n": 0}
-    if os.path.exists(resume_path):
-        saved = torch.load(resume_path, map_location=data.device, weights_only=True)
+    saved = load_resume(resume_path, data.device)
+    if saved is not None:
         if saved.get("fingerprint") == key:
             model.load_state_dict(saved["model"])
             optim.load_state_dict(saved["optim"])

@@ -79,11 +79,13 @@ def write_perturbation_latents(model, data: PerturbationData, path: str) -> None
 
 
 def predict_run(data_path: str, split_path: str, model_path: str, out_path: str,
-                n_particles: int = 2500, chunk: int = 128, device: str = "auto") -> pd.DataFrame:
-    """Predicted mean log2(CP10k+1) for every perturbation of the dataset and the control."""
+                n_particles: int = 2500, chunk: int = 128, device: str = "auto",
+                family: str | None = None) -> pd.DataFrame:
+    """Predicted mean log2(CP10k+1) for every perturbation of the dataset and the control.
+    ``family``: the config's family, needed for a plug-in (inference.load_model)."""
     from samsbench import evaluate
 
-    model, record = inference.load_model(model_path, pick_device(device))
+    model, record = inference.load_model(model_path, pick_device(device), family or None)
     data = load_data(data_path, split_path, record["encoding"], device)
     if data.columns != record["columns"] or data.genes != record["genes"]:
         raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
@@ -96,8 +98,8 @@ def predict_run(data_path: str, split_path: str, model_path: str, out_path: str,
 
 
 def iwelbo_run(data_path: str, split_path: str, model_path: str, n_particles: int = 100,
-               device: str = "auto", seed: int = 0) -> dict:
-    model, record = inference.load_model(model_path, pick_device(device))
+               device: str = "auto", seed: int = 0, family: str | None = None) -> dict:
+    model, record = inference.load_model(model_path, pick_device(device), family or None)
     if not model.has_likelihood:
         return {}
     data = load_data(data_path, split_path, record["encoding"], device)
@@ -116,7 +118,7 @@ def evaluate_run(run: dict, data_path: str, split_path: str, predictions_path: s
 
     rows = [evaluate.score(predictions_path, data_path, split_path)]
     for metric, value in iwelbo_run(data_path, split_path, model_path, iwelbo_particles,
-                                    device).items():
+                                    device, family=run.get("family") or None).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
                                    "value": value}]))
     return _tidy(run, pd.concat(rows, ignore_index=True), out_path)

@@ -14,4 +14,7 @@ download(
     sha256=source.get("sha256"),
     checksums_tsv=snakemake.params.checksums,
     require_checksum=bool(snakemake.params.require_checksum),
+    deadline=snakemake.params.limits["deadline_seconds"],
+    min_rate=snakemake.params.limits["min_bytes_per_second"],
+    rate_window=snakemake.params.limits["rate_window_seconds"],
 )

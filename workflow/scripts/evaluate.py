@@ -19,6 +19,7 @@ tasks.predict_run(
     n_particles=evaluation["ate_particles"],
     chunk=evaluation["ate_chunk"],
     device=snakemake.params.device,
+    family=snakemake.params.run["family"],  # the config's (trusted) family, for a plug-in
 )
 tasks.evaluate_run(
     dict(snakemake.params.run),

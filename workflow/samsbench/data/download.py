@@ -7,7 +7,14 @@ truncated bodies are retried with exponential back-off, resuming with a Range re
 server allows it (the raw Replogle file is about 60 GB); any other 4xx, an HTML/XML page in place
 of the file, a body that fails the format's magic bytes, or a wrong checksum moves on to the next
 mirror at once. The sha256 comes from the caller or from ``data/checksums.tsv`` (columns file,
-sha256, size, url, note); when none is known, the first good download records it there.
+sha256, size, url, note); when none is known, the first good download whose size the server
+stated (Content-Length or Content-Range) records it there, and the sha256 and size are logged
+so that a user can pin them. A download cannot hang: besides the socket timeout there is an
+overall deadline and a minimum throughput over a sliding window (a server dripping a byte
+every few seconds is dropped). Temporary ``.<name>.*.part`` files are locked while written;
+unlocked ones left by a killed run are removed at the next start, and SIGTERM removes the
+current one. An existing file that no checksum can verify is kept until its replacement
+passed every check.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import argparse
 import contextlib
 import csv
 import fcntl
+import glob
 import hashlib
 import http.client
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +84,10 @@ _MAGIC = {"hdf5": HDF5_MAGIC, "gzip": b"\x1f\x8b", "zip": b"PK\x03\x04"}
 _MARKUP_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<error", b"<!--")
 _SNIFF_BYTES = 512
 _PROGRESS_SECONDS = 30.0
+# Limits against a download that never ends (config.yaml `download_limits`, CLI flags).
+DEFAULT_DEADLINE = 24 * 3600.0  # seconds for one file, every URL and retry included
+DEFAULT_MIN_RATE = 1024.0  # bytes per second, averaged over the window below
+DEFAULT_RATE_WINDOW = 120.0  # seconds
 
 
 class DownloadError(RuntimeError):
@@ -86,6 +100,14 @@ class _Transient(Exception):
 
 class _UrlFailed(Exception):
     """This URL will not give the file; try the next mirror."""
+
+
+class DownloadInterrupted(DownloadError):
+    """SIGTERM arrived during a download (its temporary file was removed)."""
+
+
+def _raise_interrupted(signum, frame):
+    raise DownloadInterrupted(f"interrupted by signal {signum}; the partial file was removed")
 
 
 def file_kind(path: str | os.PathLike) -> str:
@@ -211,9 +233,10 @@ def _check_head(head: bytes, kind: str, content_type: str) -> None:
 class _Transfer:
     """One URL streamed into an open temporary file, resumable across attempts."""
 
-    def __init__(self, url: str, sink, kind: str, timeout: float, chunk_size: int):
+    def __init__(self, url: str, sink, kind: str, timeout: float, chunk_size: int,
+                 limits: "_Limits"):
         self.url, self.sink, self.kind = url, sink, kind
-        self.timeout, self.chunk_size = timeout, chunk_size
+        self.timeout, self.chunk_size, self.limits = timeout, chunk_size, limits
         self.restart()
 
     def restart(self) -> None:
@@ -221,6 +244,7 @@ class _Transfer:
         self.sink.truncate()
         self.digest = hashlib.sha256()
         self.written = 0
+        self.total = None  # the file's size as the server stated it, when it did
 
     def attempt(self) -> None:
         """Fetch the rest of the body; raise _Transient or _UrlFailed on failure."""
@@ -258,14 +282,32 @@ class _Transfer:
             log.info("%s: the server ignored the resume request; starting over", self.url)
             self.restart()
         expected = self.written + int(length) if length and length.isdigit() else None
+        stated = response.headers.get("Content-Range", "").rpartition("/")[2]
+        if status == 206 and stated.isdigit():
+            self.total = int(stated)
+        elif expected is not None:
+            self.total = expected
         sniffed = self.written > 0  # a resumed body was sniffed on its first attempt
         pending = b""
         last_report = time.monotonic()
+        window_start, window_bytes = last_report, self.written
         while True:
             try:
-                block = response.read(self.chunk_size)
+                # read1: whatever has arrived, so that a slow drip still returns to the checks
+                block = response.read1(self.chunk_size)
             except (OSError, http.client.HTTPException) as err:
                 raise _Transient(f"connection lost after {self.written} bytes: {err}") from None
+            now, received = time.monotonic(), self.written + len(pending) + len(block)
+            self.limits.check(self.url, received, now)
+            if now - window_start >= self.limits.rate_window:
+                rate = (received - window_bytes) / (now - window_start)
+                if rate < self.limits.min_rate:
+                    raise _Transient(
+                        f"too slow: {rate:.0f} bytes/s over the last {now - window_start:.1f} s, "
+                        f"below the minimum of {self.limits.min_rate:g} bytes/s "
+                        f"({received} bytes received)"
+                    )
+                window_start, window_bytes = now, received
             if not sniffed:
                 # Hold back the first bytes until there are enough to sniff the format.
                 pending += block
@@ -295,13 +337,39 @@ class _Transfer:
             raise _UrlFailed("empty body")
 
 
-def _fetch(url, sink, kind, retries, backoff, timeout, chunk_size) -> tuple[str, int]:
-    transfer = _Transfer(url, sink, kind, timeout, chunk_size)
+class _Limits:
+    """The overall deadline of one file and the minimum throughput of its transfers."""
+
+    def __init__(self, name: str, deadline: float | None, min_rate: float, rate_window: float):
+        self.name, self.deadline = name, deadline
+        self.min_rate, self.rate_window = float(min_rate or 0), float(rate_window)
+        self.ends = time.monotonic() + deadline if deadline else None
+
+    def check(self, url: str, received: int, now: float | None = None) -> None:
+        if self.ends is not None and (now or time.monotonic()) > self.ends:
+            raise DownloadError(
+                f"{self.name}: gave up: the deadline of {self.deadline:g} s for this download "
+                f"passed ({received} bytes received from {url}); raise it with --deadline or "
+                "config.yaml download_limits: deadline_seconds"
+            )
+
+    def sleep(self, delay: float) -> None:
+        if self.ends is not None:
+            delay = min(delay, max(0.0, self.ends - time.monotonic()))
+        time.sleep(delay)
+
+
+def _fetch(url, sink, kind, retries, backoff, timeout, chunk_size,
+           limits: _Limits) -> tuple[str, int, bool]:
+    """(sha256, size, whether the size matched what the server stated) of one URL."""
+    transfer = _Transfer(url, sink, kind, timeout, chunk_size, limits)
     for attempt in range(retries + 1):
+        limits.check(url, transfer.written)
         try:
             transfer.attempt()
             sink.flush()
-            return transfer.digest.hexdigest(), transfer.written
+            verified = transfer.total is not None and transfer.total == transfer.written
+            return transfer.digest.hexdigest(), transfer.written, verified
         except _Transient as exc:
             if attempt == retries:
                 raise _UrlFailed(f"{exc} (gave up after {retries + 1} attempts)") from None
@@ -309,8 +377,49 @@ def _fetch(url, sink, kind, retries, backoff, timeout, chunk_size) -> tuple[str,
             log.warning(
                 "%s: %s; retry %d of %d in %.1f s", url, exc, attempt + 1, retries, delay
             )
-            time.sleep(delay)
+            limits.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def remove_stale_parts(directory: str | os.PathLike, name: str) -> list[str]:
+    """Remove the temporary files of ``name`` that no running download holds (a download
+    keeps its own locked); returns the removed paths."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(directory)),
+                                       f".{glob.escape(name)}.*.part")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a running download (or locks unsupported): leave it
+            os.close(fd)
+            continue
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d stale temporary file(s) of %s left by an interrupted download: %s",
+                 len(removed), name, ", ".join(os.path.basename(p) for p in removed))
+    return removed
+
+
+@contextlib.contextmanager
+def _removed_on_sigterm():
+    # Only the main thread may set a handler; elsewhere the caller's own handling applies.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def download(
@@ -323,12 +432,19 @@ def download(
     backoff: float = 2.0,
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
+    deadline: float | None = DEFAULT_DEADLINE,
+    min_rate: float = DEFAULT_MIN_RATE,
+    rate_window: float = DEFAULT_RATE_WINDOW,
 ) -> Path:
     """Download ``out`` from the first of ``urls`` that gives a file passing every check.
 
     The expected sha256 is ``sha256`` or the manifest's row for ``out``'s file name. Without
     one, ``require_checksum`` makes this an error; otherwise the sha256 and size of the first
-    good download are recorded in ``checksums_tsv``. On any failure nothing is left at ``out``.
+    good download are recorded in ``checksums_tsv`` when the server stated the size and the
+    body matched it. ``deadline`` (seconds, None: none) bounds the whole download;
+    ``min_rate`` (bytes/s over ``rate_window`` seconds) drops a stalled transfer, which is
+    retried like a cut one. A failure leaves at ``out`` only a file that was there before and
+    that no known checksum contradicts; never a partial one.
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     out = Path(out)
@@ -352,21 +468,32 @@ def download(
             f"{checksums_tsv or DEFAULT_CHECKSUMS}"
         )
 
+    kept = False
     if out.exists():
-        if expected is not None and sha256_of(out) == expected:
-            log.info("%s is already present with the expected sha256; not downloading", out)
-            return out
-        out.unlink()  # unverifiable or wrong: never leave it looking like a good download
+        if expected is not None:
+            if sha256_of(out) == expected:
+                log.info("%s is already present with the expected sha256; not downloading", out)
+                return out
+            out.unlink()  # contradicts the known checksum: never leave it looking good
+        else:
+            kept = True  # unverifiable, maybe good: replaced only by a verified download
+            log.info("%s exists but no checksum is known to verify it: downloading again, "
+                     "keeping it until the new file passed every check", out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(out.parent, name)
     kind = file_kind(out)
     failures = []
+    limits = _Limits(name, deadline, min_rate, rate_window)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out.parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # marks it as in use (remove_stale_parts)
     try:
-        with os.fdopen(fd, "wb") as sink:
+        with os.fdopen(fd, "wb") as sink, _removed_on_sigterm():
             for url in urls:
                 log.info("downloading %s from %s", out, url)
                 try:
-                    got_sha, size = _fetch(url, sink, kind, retries, backoff, timeout, chunk_size)
+                    got_sha, size, size_verified = _fetch(
+                        url, sink, kind, retries, backoff, timeout, chunk_size, limits
+                    )
                     if expected is not None and got_sha != expected:
                         raise _UrlFailed(f"sha256 mismatch: expected {expected}, got {got_sha}")
                     if known_size is not None and size != known_size:
@@ -378,8 +505,9 @@ def download(
                 break
             else:
                 detail = "\n  ".join(failures)
+                note = f"\n  the existing {out} was left as it was" if kept else ""
                 raise DownloadError(
-                    f"could not download {name} from {len(urls)} URL(s):\n  {detail}"
+                    f"could not download {name} from {len(urls)} URL(s):\n  {detail}{note}"
                 )
             sink.flush()
             os.fsync(sink.fileno())
@@ -389,8 +517,9 @@ def download(
         if os.path.exists(tmp):
             os.remove(tmp)
     log.info("downloaded %s (%d bytes, sha256 %s) from %s", out, size, got_sha, url)
-    if checksums_tsv is not None and known_sha is None:
-        # A checksum verified against the caller's, or the first one seen: keep it.
+    trusted = expected is not None or size_verified
+    if checksums_tsv is not None and known_sha is None and trusted:
+        # A checksum verified against the caller's, or the first one seen whole: keep it.
         record_checksum(checksums_tsv, name, got_sha, size, url)
         if expected is None:
             log.warning(
@@ -398,8 +527,16 @@ def download(
                 "(first download; commit it so later downloads are verified)",
                 name, got_sha, size, checksums_tsv,
             )
+    elif expected is None and not size_verified:
+        log.warning(
+            "no checksum known for %s and the server did not state its size, so a cut body "
+            "cannot be told from a whole one: sha256 %s and size %d bytes NOT recorded; "
+            "check the file, then pin them (--sha256, downloads.%s.sha256 in config.yaml, "
+            "or a row of %s)", name, got_sha, size, name, checksums_tsv or DEFAULT_CHECKSUMS,
+        )
     elif expected is None:
-        log.warning("no checksum known for %s and none recorded (sha256 %s)", name, got_sha)
+        log.warning("no checksum known for %s and none recorded: sha256 %s, size %d bytes",
+                    name, got_sha, size)
     return out
 
 
@@ -407,6 +544,8 @@ def download(
 
 
 def add_download_parser(subparsers) -> argparse.ArgumentParser:
+    from samsbench.cli import non_negative_float, non_negative_int, positive_float
+
     parser = subparsers.add_parser(
         "download",
         help="download a file with retries, format and checksum checks",
@@ -428,9 +567,24 @@ def add_download_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-checksum", action="store_true", help="fail when no sha256 is known"
     )
-    parser.add_argument("--retries", type=int, default=4, help="retries per URL (default 4)")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)"
+        "--retries", type=non_negative_int, default=4, help="retries per URL (default 4)"
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=60.0,
+        help="socket timeout in seconds (default 60)",
+    )
+    parser.add_argument(
+        "--deadline", type=non_negative_float, default=DEFAULT_DEADLINE,
+        help=f"give up after this many seconds in all (default {DEFAULT_DEADLINE:g}; 0: none)",
+    )
+    parser.add_argument(
+        "--min-rate", type=non_negative_float, default=DEFAULT_MIN_RATE,
+        help=f"drop a transfer slower than this many bytes/s (default {DEFAULT_MIN_RATE:g})",
+    )
+    parser.add_argument(
+        "--rate-window", type=positive_float, default=DEFAULT_RATE_WINDOW,
+        help=f"seconds over which --min-rate is measured (default {DEFAULT_RATE_WINDOW:g})",
     )
     parser.set_defaults(func=run_download)
     return parser
@@ -448,6 +602,9 @@ def run_download(args: argparse.Namespace) -> int:
             require_checksum=args.require_checksum,
             retries=args.retries,
             timeout=args.timeout,
+            deadline=args.deadline or None,
+            min_rate=args.min_rate,
+            rate_window=args.rate_window,
         )
     except DownloadError as err:
         raise SystemExit(f"samsbench download: {err}") from None

@@ -1,7 +1,7 @@
 """One entry point for the prepare step: a dataset's config block to a contract h5ad.
 
 ``source`` chooses the route: ``simulate`` (the embedded benchmark), ``h5ad`` (a user's file
-that already meets the contract: validated and copied), ``replogle_prepared`` (the authors'
+that meets the contract: labels normalised, validated and copied), ``replogle_prepared`` (the authors'
 filtered file), ``replogle_raw`` (Replogle's raw genome-wide file) and ``norman`` (sc-pert's
 processed Norman file). Remote inputs live in ``data/downloads/<name>``, where the download
 rule puts them; a block may name another download with ``download: <name>``.
@@ -58,8 +58,7 @@ def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path) -> None:
 
         contract.write(simulate(**dataset_cfg.get("simulate", {})), out_path)
     elif source == "h5ad":
-        contract.read(inputs[0])  # validates; errors name the file and the broken rule
-        _copy_atomic(inputs[0], out_path)
+        _prepare_user_file(inputs[0], out_path)
     elif source == "replogle_prepared":
         from samsbench.data.replogle import prepare_from_prepared
 
@@ -80,6 +79,33 @@ def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path) -> None:
             inputs[0], out_path, highly_variable_only=dataset_cfg.get("highly_variable_only", True)
         )
     log.info("prepared %s dataset at %s", source, out_path)
+
+
+def _prepare_user_file(path, out_path) -> None:
+    """A user's contract file, its labels normalised: control components dropped
+    (``KLF1+ctrl`` -> ``KLF1``, ``ctrl+ctrl`` -> ``ctrl``) and components sorted (``B+A`` ->
+    ``A+B``). Then validated (errors name the file and the broken rule); copied unchanged
+    when no label changed."""
+    adata = contract.read(path, check=False)
+    key = contract.PERTURBATION_KEY
+    if key in adata.obs.columns and not adata.obs[key].isna().any():
+        labels, changed = contract.normalise_labels(adata.obs[key], contract.control_label(adata))
+        if changed:
+            before = adata.obs[key].astype(str).to_numpy()
+            examples = sorted({f"{a} -> {b}" for a, b in zip(before, labels) if a != b})[:5]
+            log.info("%s: normalised the perturbation label of %d cells (%s)", path, changed,
+                     "; ".join(examples))
+            adata.obs[key] = labels
+    else:
+        changed = 0
+    try:
+        contract.validate(adata)
+    except contract.ContractError as exc:
+        raise contract.ContractError(f"{path}: {exc}") from None
+    if changed:
+        contract.write(adata, out_path)
+    else:
+        _copy_atomic(path, out_path)
 
 
 def _copy_atomic(src, dst) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from samsbench.data.contract import COMBINATION_SEP
+from samsbench.data.contract import COMBINATION_SEP, canonical, components
 
 SPLIT_NAMES = ("train", "val", "test", "unused")
 KINDS = ("random", "ood", "data_efficiency")
@@ -37,10 +37,27 @@ def random_split(n_cells: int, seed: int = 0) -> np.ndarray:
     return labels
 
 
-def _combination_parts(labels: np.ndarray, seed: int):
+def perturbed_components(label: str, control: str | None = None) -> list[str]:
+    """The components of a label that are perturbations (a control component is none)."""
+    return [p for p in components(label) if p != control]
+
+
+def combination_groups(labels: np.ndarray, control: str | None = None):
+    """Per cell: is it a combination (two or more perturbed components, counted, not found
+    by the presence of '+'), and its combination in canonical order (``B+A`` -> ``A+B``)."""
+    mapping = {}
+    for label in pd.unique(labels):
+        parts = perturbed_components(label, control)
+        mapping[label] = (len(parts) > 1, canonical(parts) if parts else label)
+    is_combo = np.array([mapping[lab][0] for lab in labels], dtype=bool)
+    groups = np.array([mapping[lab][1] for lab in labels], dtype=object).astype(str)
+    return is_combo, groups
+
+
+def _combination_parts(labels: np.ndarray, seed: int, control: str | None = None):
     """The cell-level partition shared by ``ood`` and ``data_efficiency`` (done before any
     filtering by combination, so that growing the fraction only adds cells)."""
-    is_combo = np.array([COMBINATION_SEP in lab for lab in labels])
+    is_combo, _ = combination_groups(labels, control)
     combo_idx = np.flatnonzero(is_combo)
     single_idx = np.flatnonzero(~is_combo)
     if len(combo_idx) < 5:
@@ -56,7 +73,7 @@ def _combination_parts(labels: np.ndarray, seed: int):
 
 def ood_split(
     perturbations, fraction: float, seed: int, test_fraction: float = 0.25,
-    combination_ids=None,
+    combination_ids=None, control: str | None = None,
 ) -> np.ndarray:
     """Norman OOD: the first int(f*n) shuffled combinations train, the last ceil(tf*n) test.
 
@@ -66,13 +83,14 @@ def ood_split(
     gene pair twice, once per guide order), so passing them reproduces its split exactly.
     """
     labels = np.asarray(perturbations, dtype=str)
-    groups = labels if combination_ids is None else np.asarray(combination_ids, dtype=str)
+    groups = (combination_groups(labels, control)[1] if combination_ids is None
+              else np.asarray(combination_ids, dtype=str))
     if groups.shape != labels.shape:
         raise SplitError(
             f"combination_ids has {groups.shape[0]} entries for {labels.shape[0]} cells"
         )
     _check_fraction(fraction)
-    is_combo, train, val, test, s_train, s_val = _combination_parts(labels, seed)
+    is_combo, train, val, test, s_train, s_val = _combination_parts(labels, seed, control)
     combos = np.array(sorted(set(groups[is_combo])))
     np.random.default_rng(seed).shuffle(combos)
     n = len(combos)
@@ -87,11 +105,12 @@ def ood_split(
     return out
 
 
-def data_efficiency_split(perturbations, fraction: float, seed: int) -> np.ndarray:
+def data_efficiency_split(perturbations, fraction: float, seed: int,
+                          control: str | None = None) -> np.ndarray:
     """Norman data efficiency: keep the first int(f*n) combination training cells."""
     labels = np.asarray(perturbations, dtype=str)
     _check_fraction(fraction)
-    _, train, val, test, s_train, s_val = _combination_parts(labels, seed)
+    _, train, val, test, s_train, s_val = _combination_parts(labels, seed, control)
     out = np.full(len(labels), "unused", dtype=object)
     out[s_train], out[s_val] = "train", "val"
     out[train[: int(fraction * len(train))]] = "train"
@@ -105,14 +124,17 @@ def _check_fraction(fraction: float) -> None:
 
 
 def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
-               test_fraction: float = 0.25, combination_ids=None) -> np.ndarray:
+               test_fraction: float = 0.25, combination_ids=None,
+               control: str | None = None) -> np.ndarray:
+    """``control`` (optional): a component with this name is no perturbation, so
+    ``KLF1+ctrl`` counts as a single perturbation (prepared files never hold such labels)."""
     labels = np.asarray(perturbations, dtype=str)
     if kind == "random":
         return random_split(len(labels), seed)
     if kind == "ood":
-        return ood_split(labels, fraction, seed, test_fraction, combination_ids)
+        return ood_split(labels, fraction, seed, test_fraction, combination_ids, control)
     if kind == "data_efficiency":
-        return data_efficiency_split(labels, fraction, seed)
+        return data_efficiency_split(labels, fraction, seed, control)
     raise SplitError(f"unknown split kind {kind!r}; expected one of {KINDS}")
 
 

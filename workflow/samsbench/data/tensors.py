@@ -15,20 +15,40 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from samsbench.data.contract import PERTURBATION_KEY, components, control_label
+from samsbench.data import memory
+from samsbench.data.contract import (MAX_COUNT, PERTURBATION_KEY, ContractError, components,
+                                     control_label)
 
 log = logging.getLogger(__name__)
 ENCODINGS = ("additive", "unique")
 
 
 def dense_float32(X, chunk_rows: int = 8192) -> np.ndarray:
-    """X as a C-contiguous float32 array, converting sparse input in row chunks."""
-    if not sp.issparse(X):
-        return np.ascontiguousarray(np.asarray(X), dtype=np.float32)
-    X = X.tocsr()
-    out = np.empty(X.shape, dtype=np.float32)
-    for start in range(0, X.shape[0], chunk_rows):
-        out[start : start + chunk_rows] = X[start : start + chunk_rows].toarray()
+    """X as a C-contiguous float32 array, converting sparse input in row chunks.
+
+    A count above ``MAX_COUNT`` is refused (the contract does so first, in the stored dtype;
+    this guards data that did not pass through it): float32 rounding is monotone, so such a
+    value stays above the bound after the cast, or becomes inf. A failed allocation becomes an
+    ``InsufficientMemoryError`` naming the estimate and the fix."""
+    try:
+        if not sp.issparse(X):
+            out = np.ascontiguousarray(np.asarray(X), dtype=np.float32)
+        else:
+            X = X.tocsr()
+            out = np.empty(X.shape, dtype=np.float32)
+            for start in range(0, X.shape[0], chunk_rows):
+                out[start : start + chunk_rows] = X[start : start + chunk_rows].toarray()
+    except MemoryError:
+        raise memory.InsufficientMemoryError(
+            memory.explain(X.shape[0], X.shape[1], memory.available_bytes())) from None
+    for start in range(0, out.shape[0], chunk_rows):
+        block = out[start : start + chunk_rows]
+        if block.size and not block.max() <= MAX_COUNT:  # also catches NaN
+            row, col = np.argwhere(~(block <= MAX_COUNT))[0]
+            raise ContractError(
+                f"X holds {block[row, col]} at row {start + row}, column {col}: counts above "
+                f"2**24 = {MAX_COUNT} (or not finite) are not raw UMI counts"
+            )
     return out
 
 
@@ -93,6 +113,7 @@ class PerturbationData:
         self.split = np.asarray(split, dtype=object)
         if len(self.split) != len(self.labels):
             raise ValueError(f"split has {len(self.split)} labels for {len(self.labels)} cells")
+        memory.preflight(adata.n_obs, adata.n_vars, self.device)
         self.X = torch.from_numpy(dense_float32(adata.X)).to(self.device)
         self.library = self.X.sum(1)
         self.columns = self._columns()

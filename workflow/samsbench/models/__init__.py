@@ -36,10 +36,18 @@ for _cls in (SamsVAE, SamsVAEMeanField, CpaVAE, ConditionalVAE, SvaePlus, Contro
     register(_cls)
 
 
-def resolve(family: str) -> type:
-    """A registry name, or ``file.py:Class`` / ``module:Class`` for a plug-in."""
+def resolve(family: str, plugins: bool = True) -> type:
+    """A registry name, or ``file.py:Class`` / ``module:Class`` for a plug-in. A plug-in runs
+    code: ``plugins=False`` (a name read from a checkpoint, not from the user's config)
+    accepts registry names only."""
     if family in FAMILIES:
         return FAMILIES[family]
+    if not plugins:
+        raise ValueError(
+            f"refusing model family {family!r}: a checkpoint may only name a registered "
+            f"family ({', '.join(sorted(FAMILIES))}); a plug-in is loaded from the config "
+            "you wrote (pass its family to load_model), never from a file being loaded"
+        )
     if ":" in family:
         where, name = family.rsplit(":", 1)
         if where.endswith(".py"):
