@@ -8,7 +8,7 @@
 rule paper_norman:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        summaries=_run_files("summary.json"),
+        summaries=_run_files("summary"),
         benchmarks=_benchmarks,
     output:
         runs=f"{PAPER}/runs.tsv",
@@ -67,9 +67,9 @@ rule paper_norman:
 rule paper_replogle:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        summaries=_run_files("summary.json"),
-        histories=_run_files("history.tsv"),
-        latents=_run_files("perturbation_latents.h5ad"),
+        summaries=_run_files("summary"),
+        histories=_run_files("history"),
+        latents=_run_files("latents"),
         benchmarks=_benchmarks,
         data=prepared,
     output:

@@ -1,17 +1,16 @@
-"""Evaluation: data ATE, predictions as h5ad, effect metrics and ``samsbench score``.
+"""The evaluation maths: log2(CP10k+1), data ATE and the effect metrics.
 
-Definitions follow the reference (data_and_evaluation.md §5): per cell log2(CP10k + 1) over the
+Definitions follow the reference implementation's evaluation: per cell log2(CP10k + 1) over the
 modelled genes, ATE(t) = mean over cells labelled t minus the control mean, on all cells of the
 dataset. Metrics compare a predicted ATE matrix (perturbations x genes) with the data ATE on the
-perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch.
+perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
+no file is read or written (the evaluate stage does that). A new metric is one entry in
+``METRICS``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 
 import anndata as ad
 import numpy as np
@@ -20,30 +19,12 @@ import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
 from samsbench.data import contract
-from samsbench.data.splits import SplitError, read_split
 
 TARGET_SUM = 1e4
 TOP_K = 20
 DEFAULT_CHUNK_ROWS = 8192
 SUBSET_ORDER = ("all", "train", "val", "test")
-METRICS = (
-    # the reference's four metrics
-    "ate_pearson",
-    "ate_r2",
-    "ate_pearson_top20",
-    "ate_r2_top20",
-    # beyond the reference
-    "pearson_delta",
-    "pearson_delta_top20",
-    "effect_rmse",
-    "direction_agreement_top20",
-    "discrimination_rank",
-)
 METRIC_COLUMNS = ["metric", "subset", "value"]
-
-
-class PredictionsError(ValueError):
-    """A predictions h5ad cannot be scored against the dataset."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,143 +121,6 @@ def data_ate(adata: ad.AnnData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.Data
 
 
 # --------------------------------------------------------------------------------------------
-# Predictions h5ad
-# --------------------------------------------------------------------------------------------
-
-
-def write_predictions(
-    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None
-) -> None:
-    """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
-
-    Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
-    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``.
-    """
-    values = np.asarray(means.to_numpy(), dtype=np.float64)
-    where = f"predictions for {os.fspath(path)}"
-    labels = means.index.astype(str)
-    genes = means.columns.astype(str)
-    if control_label not in set(labels):
-        raise PredictionsError(f"{where}: no row for the control {control_label!r}")
-    if not labels.is_unique:
-        duplicated = _first(labels[labels.duplicated()])
-        raise PredictionsError(f"{where}: duplicated perturbations {duplicated}")
-    if not genes.is_unique:
-        raise PredictionsError(f"{where}: duplicated genes {_first(genes[genes.duplicated()])}")
-    _check_finite(values, labels, genes, where)
-    adata = ad.AnnData(
-        X=values,
-        obs=pd.DataFrame({contract.PERTURBATION_KEY: np.asarray(labels)}, index=np.asarray(labels)),
-        var=pd.DataFrame(index=np.asarray(genes)),
-    )
-    adata.uns["control_label"] = str(control_label)
-    adata.uns["metadata"] = _h5ad_safe(metadata or {})
-    contract.write_h5ad_atomic(adata, path)
-
-
-def _h5ad_safe(value):
-    """h5ad cannot store None or arbitrary objects in uns; keep plain values, stringify the rest."""
-    if isinstance(value, dict):
-        return {str(k): _h5ad_safe(v) for k, v in value.items()}
-    if value is None:
-        return ""
-    if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
-        return value
-    if isinstance(value, (list, tuple)) and all(
-        isinstance(v, (bool, int, float, str)) for v in value
-    ):
-        return list(value) if value else ""
-    return str(value)
-
-
-def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
-    """Read a predictions h5ad and return its ATE (non-control rows minus the control row).
-
-    Checks, each raising PredictionsError that names the file: readable h5ad, a
-    ``obs["perturbation"]`` column, unique labels, the data's control label present, no label
-    unknown to the data, the same gene set as the data (columns returned in the data's order),
-    finite values.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise PredictionsError(f"{path}: no such predictions file")
-    try:
-        pred = ad.read_h5ad(path)
-    except Exception as exc:  # h5py/anndata raise many exception types for a broken file
-        raise PredictionsError(f"{path}: not a readable h5ad file ({exc})") from exc
-
-    key = contract.PERTURBATION_KEY
-    if key not in pred.obs.columns:
-        raise PredictionsError(
-            f'{path}: obs has no "{key}" column holding the perturbation label of each row '
-            f"(found columns: {list(pred.obs.columns)[:10]})"
-        )
-    labels = pd.Index(pred.obs[key].astype(str).to_numpy())
-    if not labels.is_unique:
-        raise PredictionsError(
-            f"{path}: each perturbation needs exactly one row; duplicated: "
-            f"{_first(labels[labels.duplicated()].unique())}"
-        )
-
-    control = contract.control_label(data_adata)
-    file_control = pred.uns.get("control_label")
-    if file_control is not None and str(file_control) != control:
-        raise PredictionsError(
-            f'{path}: uns["control_label"] is {str(file_control)!r} but the data\'s control is '
-            f"{control!r}"
-        )
-    if control not in labels:
-        raise PredictionsError(
-            f"{path}: missing the control row {control!r}; the predicted ATE is each "
-            "perturbation's row minus the control row"
-        )
-
-    data_labels = set(data_adata.obs[key].astype(str))
-    unknown = [lab for lab in labels if lab not in data_labels]
-    if unknown:
-        raise PredictionsError(
-            f"{path}: {len(unknown)} perturbations are not in the data: {_first(unknown)}"
-        )
-
-    data_genes = pd.Index(data_adata.var_names.astype(str))
-    genes = pd.Index(pred.var_names.astype(str))
-    if not genes.is_unique:
-        raise PredictionsError(f"{path}: duplicated genes {_first(genes[genes.duplicated()])}")
-    missing = data_genes.difference(genes, sort=False)
-    extra = genes.difference(data_genes, sort=False)
-    if len(missing) or len(extra):
-        parts = []
-        if len(missing):
-            parts.append(f"{len(missing)} genes of the data are missing: {_first(missing)}")
-        if len(extra):
-            parts.append(f"{len(extra)} genes are not in the data: {_first(extra)}")
-        raise PredictionsError(f"{path}: gene set does not match the data; " + "; ".join(parts))
-
-    X = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
-    values = np.asarray(X, dtype=np.float64)
-    _check_finite(values, labels, genes, path)
-    means = pd.DataFrame(values, index=labels, columns=genes).reindex(columns=data_genes)
-    means.index.name, means.columns.name = "perturbation", "gene"
-    return means.drop(index=control) - means.loc[control]
-
-
-def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise PredictionsError(
-            f"{where}: {int(bad.sum())} NaN or infinite values, first at perturbation "
-            f"{labels[row]!r}, gene {genes[col]!r}"
-        )
-
-
-def _first(items, k: int = 5) -> str:
-    items = list(items)
-    shown = ", ".join(repr(str(x)) for x in items[:k])
-    return f"[{shown}{', ...' if len(items) > k else ''}]"
-
-
-# --------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------
 
@@ -338,20 +182,35 @@ def discrimination_rank(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(closer / (n - 1)))
 
 
+def _top(fn):
+    """A metric on the top-|data ATE| genes of each perturbation (``top``: their indices)."""
+    def metric(pred, true, top):
+        rows = np.arange(pred.shape[0])[:, None]
+        return fn(pred[rows, top], true[rows, top], top)
+
+    return metric
+
+
+# The metric registry, in the order of the output rows: name -> f(pred, true, top) on one
+# subset's predicted and data ATE (perturbations x genes) and the top-20 gene indices per row.
+# A new metric is one entry here.
+METRICS = {
+    # the reference's four metrics
+    "ate_pearson": lambda p, t, _: _pearson(p.ravel(), t.ravel()),
+    "ate_r2": lambda p, t, _: _r2(t.ravel(), p.ravel()),
+    "ate_pearson_top20": _top(lambda p, t, _: _pearson(p.ravel(), t.ravel())),
+    "ate_r2_top20": _top(lambda p, t, _: _r2(t.ravel(), p.ravel())),
+    # beyond the reference
+    "pearson_delta": lambda p, t, _: _nanmean(_row_pearson(p, t)),
+    "pearson_delta_top20": _top(lambda p, t, _: _nanmean(_row_pearson(p, t))),
+    "effect_rmse": lambda p, t, _: float(np.sqrt(np.mean((p - t) ** 2))),
+    "direction_agreement_top20": _top(lambda p, t, _: float(np.mean(np.sign(p) == np.sign(t)))),
+    "discrimination_rank": lambda p, t, _: discrimination_rank(p, t),
+}
+
+
 def _subset_metrics(pred: np.ndarray, true: np.ndarray, top: np.ndarray) -> dict[str, float]:
-    rows = np.arange(pred.shape[0])[:, None]
-    pred_top, true_top = pred[rows, top], true[rows, top]
-    return {
-        "ate_pearson": _pearson(pred.ravel(), true.ravel()),
-        "ate_r2": _r2(true.ravel(), pred.ravel()),
-        "ate_pearson_top20": _pearson(pred_top.ravel(), true_top.ravel()),
-        "ate_r2_top20": _r2(true_top.ravel(), pred_top.ravel()),
-        "pearson_delta": _nanmean(_row_pearson(pred, true)),
-        "pearson_delta_top20": _nanmean(_row_pearson(pred_top, true_top)),
-        "effect_rmse": float(np.sqrt(np.mean((pred - true) ** 2))),
-        "direction_agreement_top20": float(np.mean(np.sign(pred_top) == np.sign(true_top))),
-        "discrimination_rank": discrimination_rank(pred, true),
-    }
+    return {name: fn(pred, true, top) for name, fn in METRICS.items()}
 
 
 def ate_metrics(
@@ -410,59 +269,3 @@ def subsets_from_split(labels_per_cell, split_per_cell, control: str) -> dict[st
     for split in ("train", "val", "test"):
         subsets[split] = sorted(frame.loc[frame["split"] == split, "label"].unique())
     return subsets
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring a predictions file, and the CLI
-# --------------------------------------------------------------------------------------------
-
-
-def score(predictions_path, data_path, split_path) -> pd.DataFrame:
-    """Score a predictions h5ad against a prepared dataset and its split TSV."""
-    data = contract.read(data_path)
-    true_ate = data_ate(data)
-    pred_ate = read_predictions(predictions_path, data)
-    if not pred_ate.index.isin(true_ate.index).any():
-        raise PredictionsError(
-            f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
-        )
-    split = read_split(split_path, data.obs_names)
-    labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
-    subsets = subsets_from_split(labels, split, contract.control_label(data))
-    return ate_metrics(pred_ate, true_ate, subsets)
-
-
-def add_score_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``samsbench score`` on an argparse subparsers object (func=run_score)."""
-    parser = subparsers.add_parser(
-        "score",
-        help="score a predictions h5ad (mean log2(CP10k+1) per perturbation) against a dataset",
-        description=(
-            "Score predicted mean expression per perturbation against the data ATE. The file "
-            'needs obs["perturbation"] (one row per perturbation, the control included), the '
-            "dataset's genes as var names, and X = predicted mean log2(CP10k + 1)."
-        ),
-    )
-    parser.add_argument("--predictions", required=True, help="predictions .h5ad")
-    parser.add_argument("--data", required=True, help="prepared dataset .h5ad (raw counts)")
-    parser.add_argument("--splits", required=True, help="split TSV (cell_id, split)")
-    parser.add_argument("--out", default=None, help="metrics TSV to write (default: stdout)")
-    parser.set_defaults(func=run_score)
-    return parser
-
-
-def run_score(args: argparse.Namespace) -> int:
-    try:
-        metrics = score(args.predictions, args.data, args.splits)
-    except (PredictionsError, contract.ContractError, SplitError) as exc:
-        print(f"samsbench score: error: {exc}", file=sys.stderr)
-        return 2
-    if args.out is None:
-        metrics.to_csv(sys.stdout, sep="\t", index=False)
-        return 0
-    out = os.fspath(args.out)
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    metrics.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, out)
-    return 0

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from samsbench import io as sbio
+
 PERTURBATION_KEY = "perturbation"
 DEFAULT_CONTROL = "non-targeting"
 COMBINATION_SEP = "+"
@@ -115,16 +117,4 @@ def read(path: str | os.PathLike) -> ad.AnnData:
 def write(adata: ad.AnnData, path: str | os.PathLike) -> None:
     """Validate, then write atomically (temporary file + rename)."""
     validate(adata)
-    write_h5ad_atomic(adata, path)
-
-
-def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.h5ad"
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    sbio.write_h5ad(adata, path)

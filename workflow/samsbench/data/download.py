@@ -12,7 +12,6 @@ sha256, size, url, note); when none is known, the first good download records it
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import fcntl
@@ -401,54 +400,3 @@ def download(
     elif expected is None:
         log.warning("no checksum known for %s and none recorded (sha256 %s)", name, got_sha)
     return out
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_download_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "download",
-        help="download a file with retries, format and checksum checks",
-        description="Download one file: mirrors tried in order, streamed to a temporary file "
-        "and renamed only when the format and the sha256 check pass.",
-    )
-    parser.add_argument(
-        "--url", action="append", required=True, help="source URL; repeat for mirrors"
-    )
-    parser.add_argument("--out", required=True, help="destination path")
-    parser.add_argument("--sha256", default=None, help="expected sha256 (hex)")
-    parser.add_argument(
-        "--checksums",
-        default=None,
-        metavar="TSV",
-        help="checksums manifest to read the expected sha256 from and to record it in "
-        f"when unknown (for example {DEFAULT_CHECKSUMS})",
-    )
-    parser.add_argument(
-        "--require-checksum", action="store_true", help="fail when no sha256 is known"
-    )
-    parser.add_argument("--retries", type=int, default=4, help="retries per URL (default 4)")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)"
-    )
-    parser.set_defaults(func=run_download)
-    return parser
-
-
-def run_download(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        download(
-            args.url,
-            args.out,
-            sha256=args.sha256,
-            checksums_tsv=args.checksums,
-            require_checksum=args.require_checksum,
-            retries=args.retries,
-            timeout=args.timeout,
-        )
-    except DownloadError as err:
-        raise SystemExit(f"samsbench download: {err}") from None
-    return 0
