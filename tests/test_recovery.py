@@ -12,10 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from samsbench import evaluate, tasks
 from samsbench.data import contract, splits
+from samsbench import metrics
 from samsbench.data.simulate import simulate
-from samsbench.recovery import PRIOR_MATCHED_DATA, mask_stats
+from samsbench.stages import evaluate
+from samsbench.stages import train as train_stage
+from helpers import PRIOR_MATCHED_DATA
+from samsbench.enrichment.recovery import mask_stats
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +44,7 @@ def train(data_path, split_path, run_dir, family, steps, **hp):
     hp = {**HP, "family": family, **hp}
     training = {"max_steps": steps, "batch_size": 128, "lr": 0.005, "val_every": 100,
                 "iwelbo_particles": 20}
-    tasks.train_run(data_path, split_path, hp, training, run_dir, 0, progress=False)
+    train_stage.train(data_path, split_path, hp, training, run_dir, 0, progress=False)
     return ad.read_h5ad(os.path.join(run_dir, "perturbation_latents.h5ad"))
 
 
@@ -89,14 +92,14 @@ def test_additive_models_predict_held_out_combinations_and_svae_plus_cannot(tmp_
     split = splits.read_split(split_path, adata.obs_names)
     held_out = sorted(set(adata.obs["perturbation"][split == "test"]))
     assert held_out and all("+" in label for label in held_out)
-    true_ate = evaluate.data_ate(adata).loc[held_out]
+    true_ate = metrics.data_ate(adata).loc[held_out]
     scores = {}
     for family, steps, encoding in (("cpa_vae", 1500, "additive"), ("additive_mean", 0, "additive"),
                                     ("svae_plus", 1500, "unique")):
         run = str(tmp_path / family)
         train(data_path, split_path, run, family, max(steps, 1), encoding=encoding)
         predictions = os.path.join(run, "predictions.h5ad")
-        tasks.predict_run(data_path, split_path, os.path.join(run, "model.pt"), predictions,
+        evaluate.predict(data_path, split_path, os.path.join(run, "model.pt"), predictions,
                           n_particles=300)
         pred = evaluate.read_predictions(predictions, adata).loc[held_out]
         scores[family] = float(np.corrcoef(pred.to_numpy().ravel(), true_ate.to_numpy().ravel())[0, 1])
