@@ -89,15 +89,12 @@ def _score(args):
 
 
 def _download(args):
-    from samsbench.data.download import DownloadError
     from samsbench.stages import data
 
-    try:
-        data.download(args.url, args.out, sha256=args.sha256, checksums_tsv=args.checksums,
-                      require_checksum=args.require_checksum, retries=args.retries,
-                      timeout=args.timeout)
-    except DownloadError as err:
-        raise RuntimeError(str(err)) from None
+    # a DownloadError is a RuntimeError: main() prints it as the verb's error
+    data.download(args.url, args.out, sha256=args.sha256, checksums_tsv=args.checksums,
+                  require_checksum=args.require_checksum, retries=args.retries,
+                  timeout=args.timeout)
     return 0
 
 
