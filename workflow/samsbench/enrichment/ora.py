@@ -65,7 +65,9 @@ def ora(query: Iterable[str], sets: Mapping[str, set[str]], background: Iterable
             "overlap": counts[0].to_numpy(),
             "set_size": counts[1].to_numpy(),
             "pvalue": res["P-value"].astype(float).to_numpy(),
-            "genes": res["Genes"].astype(str).to_numpy(),
+            # gseapy joins the overlap in set order, which changes with the process's hash
+            # seed; sorted, the table is the same in every process
+            "genes": [";".join(sorted(g.split(";"))) for g in res["Genes"].astype(str)],
         }
     )
     # BH over all offered sets: overlapping ones with their p, the rest at p = 1.
