@@ -224,14 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory (holds summary.json and latents)")
     p.add_argument("--dataset", required=True,
                    help="the prepared h5ad (serves the 'pathways' and 'programs' libraries)")
-    p.add_argument("--gene-sets", nargs="+", metavar="NAME",
-                   help="libraries to test (default: the experiment's enrichment.gene_sets)")
+    p.add_argument("--gene-sets", nargs="+", metavar="NAME|PATH",
+                   help="libraries (config gene_sets names or GMT files) to test "
+                   "(default: the experiment's enrichment.gene_sets)")
     p.add_argument("--threshold", type=float,
                    help="mask probability above which a perturbation is active "
                    "(default: enrichment.threshold)")
     p.add_argument("--min-set-size", type=int,
                    help="skip sets with fewer genes in the background (default: enrichment)")
-    p.add_argument("--recovery-library", metavar="NAME",
+    p.add_argument("--recovery-library", metavar="NAME|PATH",
                    help="library labelling pairs; 'auto' = pathways, else programs, else "
                    "KEGG_2021_Human (default: enrichment.recovery_library)")
     p.add_argument("--out", help="output directory (default: the run directory)")

@@ -407,8 +407,13 @@ def run_from_config(config: Mapping, experiment: str, run_dir, dataset, out_dir=
     sources as the workflow materialises them, settings from ``settings()``."""
     chosen = settings(config, experiment, **overrides)
     dataset = _dataset(dataset)
-    libraries = {name: library(name, config.get("gene_sets"), dataset)
-                 for name in run_libraries(chosen)}
+    known = gene_set_table(config.get("gene_sets"))
+    # a GMT file given by path is named by its stem in the tables
+    named = {spec: gs.library_name(spec, known) for spec in run_libraries(chosen)}
+    libraries = {named[spec]: library(spec, config.get("gene_sets"), dataset) for spec in named}
+    chosen["gene_sets"] = [named[spec] for spec in chosen["gene_sets"]]
+    if chosen["recovery_library"] != "auto":
+        chosen["recovery_library"] = named[chosen["recovery_library"]]
     tables = run_tables(run_dir, libraries, chosen, dataset, read_identity(run_dir))
     out_dir = Path(out_dir or run_dir)
     write_tables(tables, {key: out_dir / sbio.RUN_FILES[key] for key in TABLES})
