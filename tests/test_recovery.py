@@ -74,7 +74,7 @@ def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
 
     Measured with exactly these settings: AUROC 0.922, F1 0.72, density 0.165 (truth 0.128);
     the same model without alignment reaches AUROC 0.816 and density 0.43 (its latent space
-    ends rotated against the true axes; docs/mask_recovery.md, bench/prior_recovery.py).
+    ends rotated against the true axes; docs/mask_recovery.md, bench/studies/prior_recovery.py).
     """
     data_path, split_path = write(str(tmp_path), "random", **PRIOR_MATCHED_DATA)
     latents = train(data_path, split_path, str(tmp_path / "run"), "sams_vae", 3000,

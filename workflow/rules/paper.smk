@@ -1,4 +1,4 @@
-# The paper's tables and figures (reference/data_and_evaluation.md §5.5-6), for experiments
+# The paper's tables and figures (the reference's result tables and figures), for experiments
 # with a `paper:` block in config.yaml (kind replogle, norman_ood or norman_data_efficiency).
 # One job per experiment reads its tidy metrics, the runs' summaries, benchmarks and (Replogle)
 # histories and latents, and writes every table (TSV + PNG) and figure under

@@ -20,7 +20,7 @@ from samsbench import io as sbio
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
 
 
-# The paper's constants (models.md §7); config.yaml's model_defaults, an experiment's
+# The paper's constants; config.yaml's model_defaults, an experiment's
 # model_defaults and a model's own block override them in that order.
 PAPER_MODEL_DEFAULTS = {
     "n_latent": 100,

@@ -1,4 +1,4 @@
-"""The AnnData contract that every step after "prepare" reads (see DESIGN.md).
+"""The AnnData contract that every step after "prepare" reads (see docs/architecture.md).
 
 A prepared file has raw integer counts in X, a string ``obs["perturbation"]``, unique gene
 symbols as var names and a control label in ``uns["control_label"]``; combinations join their
