@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from samsbench.evaluate import DEFAULT_CHUNK_ROWS, data_ate
+from samsbench.metrics import DEFAULT_CHUNK_ROWS, data_ate
 
 N_CELLS, N_GENES, N_LABELS = 118_641, 1_187, 723
 N_CONTROL = 10_000

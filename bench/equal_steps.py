@@ -25,7 +25,7 @@ import json, os, sys
 import torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
-from samsbench import tasks
+from samsbench.stages import train as train_stage
 from samsbench import nn as sbnn
 from samsbench.data.tensors import Dosage
 from samsbench.models.sams_vae import SamsVAE
@@ -42,7 +42,7 @@ if args["mode"] == "direct":
     Dosage.charge = lambda self, r: r @ self.dense.T
     SamsVAE.samples_column_subsets = False
 
-summary = tasks.train_run(args["data"], args["split"], args["hp"], args["training"],
+summary = train_stage.train(args["data"], args["split"], args["hp"], args["training"],
                           args["run_dir"], args["seed"], progress=False)
 print(json.dumps(summary))
 """

@@ -13,6 +13,16 @@ TINY_HP = dict(n_latent=6, n_layers=1, encoder_n_hidden=16, decoder_n_hidden=16,
                likelihood="library_nb", encoder_input_normalization="log_standardize",
                mask_beta_concentration_1=1.0, mask_beta_concentration_2=2.0)
 
+# ``simulate`` arguments for data drawn from SAMS-VAE's own prior, the setting of the mask
+# recovery target (test_recovery.py, bench/studies/prior_recovery.py): 48 single
+# perturbations, K = 12, masks ~ Bernoulli(0.15) (74 true entries of 576), embeddings
+# ~ N(0, 2), 150 cells each.
+PRIOR_MATCHED_DATA = dict(
+    n_programs=6, targets_per_program=6, n_background=12, n_extra_dims=0, dims_per_program=2,
+    n_doubles=24, n_genes=100, cells_per_perturbation=150, n_control=400, effect_mode="prior",
+    mask_prior_prob=0.15, effect_size=2.0,
+)
+
 
 def for_family(family, hp=TINY_HP):
     """The settings of ``hp`` (shared by the tests of every family) that ``family`` declares."""

@@ -1,4 +1,4 @@
-"""Mask enrichment and complex recovery (samsbench.enrich): GMT parsing, ORA, negative control,
+"""Mask enrichment and complex recovery (samsbench.enrichment, samsbench.stages.enrich): GMT parsing, ORA, negative control,
 complex recovery, one run end to end and the figures. Fast: synthetic masks, real KEGG/GO sets
 from the blitzgsea package, no training."""
 
@@ -14,18 +14,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samsbench import enrich
-from samsbench.enrich import GeneSetError
+from samsbench import io as sbio
+from samsbench.enrichment import gene_sets, ora, recovery
+from samsbench.enrichment.gene_sets import GeneSetError
+from samsbench.stages import enrich as stage
+
+SETTINGS = {"gene_sets": ["KEGG_2021_Human"], "threshold": 0.5, "min_set_size": 3,
+            "recovery_library": "programs", "heatmap_library": "auto", "alpha": 0.05,
+            "models": None}
+
+
+def _write_gmt(sets, path):
+    sbio.write_text(gene_sets.format_gmt(sets), path)
 
 
 @pytest.fixture(scope="module")
 def kegg():
-    return enrich.load_gene_sets("KEGG_2021_Human")
+    return stage.load_gene_sets("KEGG_2021_Human")
 
 
 @pytest.fixture(scope="module")
 def go():
-    return enrich.load_gene_sets("GO_Biological_Process_2023")
+    return stage.load_gene_sets("GO_Biological_Process_2023")
 
 
 # ---------------------------------------------------------------------------------- GMT parsing
@@ -40,8 +50,8 @@ def test_gmt_enrichr_blank_description_duplicates_empty_sets(tmp_path, caplog):
         "EMPTY\t\t\t\n"  # an empty set is dropped with a note
         "SET_A\t\tG9\n"  # the same name again is merged
     )
-    with caplog.at_level(logging.INFO, logger="samsbench.enrich"):
-        sets = enrich.parse_gmt(gmt)
+    with caplog.at_level(logging.INFO, logger="samsbench.enrichment.gene_sets"):
+        sets = stage.read_gene_set_file(gmt)
     assert sets == {"SET_A": {"G1", "G2", "G3", "G9"}, "SET_B": {"G4", "G5"}}
     assert "EMPTY" in caplog.text and "duplicate" in caplog.text
 
@@ -50,16 +60,16 @@ def test_gmt_malformed_line_names_file_and_line(tmp_path):
     gmt = tmp_path / "bad.gmt"
     gmt.write_text("SET_A\t\tG1\tG2\nSET_B G3 G4 G5\n")  # spaces instead of tabs
     with pytest.raises(GeneSetError, match=r"bad\.gmt:2: malformed GMT line"):
-        enrich.parse_gmt(gmt)
+        stage.read_gene_set_file(gmt)
     gmt.write_text("\t\tG1\n")
     with pytest.raises(GeneSetError, match=r"bad\.gmt:1: .*empty gene-set name"):
-        enrich.parse_gmt(gmt)
+        stage.read_gene_set_file(gmt)
     gmt.write_text("EMPTY\t\t\n")
     with pytest.raises(GeneSetError, match="no non-empty gene sets"):
-        enrich.parse_gmt(gmt)
+        stage.read_gene_set_file(gmt)
     gmt.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(GeneSetError, match="not a UTF-8"):
-        enrich.parse_gmt(gmt)
+        stage.read_gene_set_file(gmt)
 
 
 def test_gmt_inside_zip(tmp_path):
@@ -67,19 +77,19 @@ def test_gmt_inside_zip(tmp_path):
     path = tmp_path / "ReactomePathways.gmt.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ReactomePathways.gmt", "Pathway X\tR-HSA-1\tA\tB\tC\n")
-    assert enrich.load_gene_sets(str(path)) == {"Pathway X": {"A", "B", "C"}}
-    assert enrich.library_name(str(path)) == "ReactomePathways"
+    assert stage.load_gene_sets(str(path)) == {"Pathway X": {"A", "B", "C"}}
+    assert gene_sets.library_name(str(path)) == "ReactomePathways"
 
 
 def test_unknown_library_is_a_clear_error(tmp_path):
     with pytest.raises(
         GeneSetError, match=r"unknown gene-set library 'KEGG_1999'.*known: .*KEGG_2021_Human"
     ):
-        enrich.load_gene_sets("KEGG_1999", {})
+        stage.load_gene_sets("KEGG_1999", {})
     with pytest.raises(GeneSetError, match="unknown source 'ftp'"):
-        enrich.load_gene_sets("mine", {"mine": {"source": "ftp"}})
+        stage.load_gene_sets("mine", {"mine": {"source": "ftp"}})
     with pytest.raises(GeneSetError, match="has no gene-set library 'Nope'"):
-        enrich.load_gene_sets(
+        stage.load_gene_sets(
             "x", {"x": {"source": "package", "package": "blitzgsea", "library": "Nope"}}
         )
 
@@ -89,33 +99,31 @@ def test_package_libraries_and_dataset_sources(kegg, go, tmp_path):
     assert len(go) > 5000
     # config entries extend the built-in table; a 'path' source reads a local GMT
     own = tmp_path / "own.gmt"
-    enrich.write_gmt({"S": ["A", "B"]}, own)
-    assert enrich.load_gene_sets("own", {"own": {"source": "path", "path": str(own)}}) == {
+    _write_gmt({"S": ["A", "B"]}, own)
+    assert stage.load_gene_sets("own", {"own": {"source": "path", "path": str(own)}}) == {
         "S": {"A", "B"}
     }
     data = ad.AnnData(np.zeros((1, 1)))
     with pytest.raises(GeneSetError, match=r"no uns\['pathways'\]"):
-        enrich.load_gene_sets("pathways", None, data)
+        stage.load_gene_sets("pathways", None, data)
     with pytest.raises(GeneSetError, match="needs the dataset"):
-        enrich.load_gene_sets("programs", None, None)
+        stage.load_gene_sets("programs", None, None)
     data.uns["pathways"] = {"EXOSOME": ["EXOSC2", "EXOSC3"]}
     data.uns["simulation"] = {
         "programs": {"P": ["KLF1", "GATA1"]},
         "program_library": "KEGG_2021_Human",
     }
-    assert enrich.load_gene_sets("pathways", None, data) == {"EXOSOME": {"EXOSC2", "EXOSC3"}}
-    assert enrich.load_gene_sets("programs", None, data) == {"P": {"KLF1", "GATA1"}}
-    assert enrich.simulation_programs(data) == ("KEGG_2021_Human", {"P": ["KLF1", "GATA1"]})
+    assert stage.load_gene_sets("pathways", None, data) == {"EXOSOME": {"EXOSC2", "EXOSC3"}}
+    assert stage.load_gene_sets("programs", None, data) == {"P": {"KLF1", "GATA1"}}
+    assert gene_sets.simulation_programs(data) == ("KEGG_2021_Human", {"P": ["KLF1", "GATA1"]})
     # a dataset without pathways becomes an empty library in the workflow, not a failure
     out = tmp_path / "pathways.gmt"
-    assert enrich.materialise("pathways", None, ad.AnnData(np.zeros((1, 1))), out) == 0
-    assert enrich.read_library(out) == {}
+    assert stage.materialise("pathways", None, ad.AnnData(np.zeros((1, 1))), out) == 0
+    assert stage.read_library(out) == {}
     # the report's table of sources: name, origin, version, licence, size
     kegg_gmt = tmp_path / "KEGG_2021_Human.gmt"
-    enrich.materialise("KEGG_2021_Human", None, None, kegg_gmt)
-    table = enrich.sources_table({"KEGG_2021_Human": kegg_gmt, "pathways": out}).set_index(
-        "library"
-    )
+    stage.materialise("KEGG_2021_Human", None, None, kegg_gmt)
+    table = stage.sources([kegg_gmt, out], None, tmp_path / "sources.tsv").set_index("library")
     assert table.loc["KEGG_2021_Human", "n_sets"] == len(kegg)
     assert "academic" in table.loc["KEGG_2021_Human", "licence"]
     assert table.loc["pathways", "n_sets"] == 0
@@ -140,11 +148,11 @@ def test_url_source_downloads_once(tmp_path, monkeypatch):
     }
     manifest = str(tmp_path / "checksums.tsv")
     for _ in range(2):  # present and unverifiable the second time: not fetched again
-        sets = enrich.load_gene_sets("X", {"X": entry}, checksums_tsv=manifest)
+        sets = stage.load_gene_sets("X", {"X": entry}, checksums_tsv=manifest)
         assert sets == {"COMPLEX_1": {"A", "B"}}
     assert calls == [(["https://example.org/x.gmt"], str(tmp_path / "x.gmt"), None, manifest)]
     # a known checksum always goes through download(), which verifies it
-    enrich.load_gene_sets("X", {"X": {**entry, "sha256": "ab" * 32}}, checksums_tsv=manifest)
+    stage.load_gene_sets("X", {"X": {**entry, "sha256": "ab" * 32}}, checksums_tsv=manifest)
     assert len(calls) == 2 and calls[-1][2] == "ab" * 32
 
 
@@ -155,7 +163,7 @@ def test_corum_table(tmp_path):
         "1\tBRCA1-A complex\tHuman\tBRCA1;UIMC1;BRE\n"
         "2\tMouse thing\tMouse\tAbc1;Abc2\n"
     )
-    assert enrich.load_gene_sets(str(path)) == {"BRCA1-A complex": {"BRCA1", "UIMC1", "BRE"}}
+    assert stage.load_gene_sets(str(path)) == {"BRCA1-A complex": {"BRCA1", "UIMC1", "BRE"}}
 
 
 # ---------------------------------------------------------------------------------- ORA
@@ -184,11 +192,11 @@ def _planted(kegg, n_programs=8, n_dims=16, n_noise=120, seed=1):
 
 def test_ora_recovers_a_real_kegg_set_as_top_hit(kegg):
     mask, targets, chosen = _planted(kegg)
-    table = enrich.enrich_masks(mask, targets, {"KEGG_2021_Human": kegg})
+    table = ora.enrich_masks(mask, targets, {"KEGG_2021_Human": kegg})
     assert list(table.columns) == [
-        c for c in enrich.ENRICHMENT_COLUMNS if c not in ("model", "split", "seed")
+        c for c in stage.ENRICHMENT_COLUMNS if c not in ("model", "split", "seed")
     ]
-    top = enrich.top_hits(table).set_index("latent_dim")
+    top = ora.top_hits(table).set_index("latent_dim")
     for k, name in enumerate(chosen):
         assert top.loc[f"z{k}", "term"] == name
         assert top.loc[f"z{k}", "fdr"] < 0.05
@@ -206,8 +214,8 @@ def test_ora_negative_control_permuted_masks(kegg, go):
         for seed in range(5):
             perm = np.random.default_rng(200 + seed).permutation(len(mask))
             shuffled = pd.DataFrame(mask.to_numpy()[perm], index=mask.index, columns=mask.columns)
-            table = enrich.enrich_masks(shuffled, targets, {lib: sets})
-            hit += enrich.fraction_dims_enriched(table, mask.shape[1]) * mask.shape[1]
+            table = ora.enrich_masks(shuffled, targets, {lib: sets})
+            hit += ora.fraction_dims_enriched(table, mask.shape[1]) * mask.shape[1]
             total += mask.shape[1]
         assert hit / total <= 0.05, (lib, hit / total)
 
@@ -215,16 +223,16 @@ def test_ora_negative_control_permuted_masks(kegg, go):
 def test_ora_bh_family_includes_sets_without_overlap():
     sets = {f"S{i}": {f"G{i}a", f"G{i}b", f"G{i}c"} for i in range(10)}
     background = sorted(set().union(*sets.values()))
-    res = enrich.ora(["G0a", "G0b", "G0c"], sets, background)
+    res = ora.ora(["G0a", "G0b", "G0c"], sets, background)
     assert list(res["term"]) == ["S0"]
     # one test with p = 1/C(30,3) among 10 offered sets: BH multiplies by 10
     assert res["fdr"].iloc[0] == pytest.approx(10 * res["pvalue"].iloc[0])
-    assert len(enrich.ora([], sets, background)) == 0
+    assert len(ora.ora([], sets, background)) == 0
 
 
 def test_restrict_library_and_case():
     sets = {"A": {"c9orf72", "X1", "X2", "OUT"}, "B": {"X1", "X2"}}
-    out = enrich.restrict_library(sets, ["C9ORF72", "X1", "X2"], min_set_size=3)
+    out = ora.restrict_library(sets, ["C9ORF72", "X1", "X2"], min_set_size=3)
     assert out == {"A": {"C9ORF72", "X1", "X2"}}  # upper-cased, cut to background, B too small
 
 
@@ -255,7 +263,7 @@ def _blocks(n_sets=5, per_set=6, n_other=6, n_dims=16, seed=0, planted=True):
 def test_complex_recovery_planted_blocks_and_random(kind):
     genes, sets, mask, emb, effect = _blocks()
     values = {"mask_jaccard": mask, "embedding_cosine": mask * emb, "effect_pearson": effect}[kind]
-    score = enrich.recovery_scores(values, genes, sets, kind)
+    score = recovery.recovery_scores(values, genes, sets, kind)
     assert score["auroc"] > 0.95 and score["average_precision"] > 0.8
     assert score["n_perturbations"] == 30  # unannotated U* are left out
     assert score["n_pairs"] == 30 * 29 // 2 and score["n_positive_pairs"] == 5 * 15
@@ -265,7 +273,7 @@ def test_complex_recovery_planted_blocks_and_random(kind):
         values = {"mask_jaccard": mask, "embedding_cosine": mask * emb, "effect_pearson": effect}[
             kind
         ]
-        aurocs.append(enrich.recovery_scores(values, genes, sets, kind)["auroc"])
+        aurocs.append(recovery.recovery_scores(values, genes, sets, kind)["auroc"])
     assert abs(np.mean(aurocs) - 0.5) < 0.08
 
 
@@ -273,12 +281,12 @@ def test_complex_recovery_edge_cases():
     genes = ["A", "A", "B", "C"]  # two guides of A: their pair is skipped
     sets = {"S": {"A", "B"}, "T": {"C", "D"}}
     zero = np.zeros((4, 5))  # the control_mean baseline: no effect at all -> chance
-    score = enrich.recovery_scores(zero, genes, sets, "effect_pearson")
+    score = recovery.recovery_scores(zero, genes, sets, "effect_pearson")
     assert score["n_pairs"] == 5 and score["n_positive_pairs"] == 2 and score["auroc"] == 0.5
-    one = enrich.recovery_scores(zero[:1], genes[:1], sets, "effect_pearson")
+    one = recovery.recovery_scores(zero[:1], genes[:1], sets, "effect_pearson")
     assert np.isnan(one["auroc"])
     with pytest.raises(ValueError, match="unknown similarity"):
-        enrich.similarity_matrix(zero, "euclid")
+        recovery.similarity_matrix(zero, "euclid")
 
 
 def test_true_mask_of_the_simulator_recovers_every_program(kegg):
@@ -291,12 +299,12 @@ def test_true_mask_of_the_simulator_recovers_every_program(kegg):
     truth = np.asarray(sim["true_mask"], dtype=float)
     mask = pd.DataFrame(truth, index=labels, columns=[f"z{k}" for k in range(truth.shape[1])])
     targets = pd.Series([[lab] for lab in labels], index=labels)
-    library, programs = enrich.simulation_programs(data)
-    table = enrich.enrich_masks(mask, targets, {library: kegg})
-    found = enrich.planted_program_recovery(table, mask, programs, library)
+    library, programs = gene_sets.simulation_programs(data)
+    table = ora.enrich_masks(mask, targets, {library: kegg})
+    found = recovery.planted_program_recovery(table, mask, programs, library)
     assert set(found["program"]) == set(programs) and found["recovered"].all(), found
-    pathways = enrich.load_gene_sets("pathways", None, data)
-    assert enrich.recovery_scores(truth, labels, pathways, "mask_jaccard")["auroc"] == 1.0
+    pathways = stage.load_gene_sets("pathways", None, data)
+    assert recovery.recovery_scores(truth, labels, pathways, "mask_jaccard")["auroc"] == 1.0
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -325,7 +333,7 @@ def _write_run(run_dir, genes, mask=None, emb=None, effect=None, family="sams_va
     )
 
 
-def test_enrich_run_and_cli(kegg, tmp_path):
+def test_run_tables_merge_and_figures(kegg, tmp_path):
     mask, targets, chosen = _planted(kegg, n_programs=4, n_dims=8, n_noise=40)
     genes = list(mask.index)
     rng = np.random.default_rng(0)
@@ -337,65 +345,49 @@ def test_enrich_run_and_cli(kegg, tmp_path):
     _write_run(base, genes, effect=np.zeros_like(effect), family="control_mean")
 
     programs = {name: sorted(g for g in kegg[name] if g in set(genes)) for name in chosen}
-    recovery = ("programs", {k: set(v) for k, v in programs.items()})
-    out = enrich.enrich_run(
-        sams, {"KEGG_2021_Human": kegg}, recovery, programs=("KEGG_2021_Human", programs)
-    )
-    assert list(out["enrichment"].columns) == enrich.ENRICHMENT_COLUMNS
+    dataset = ad.AnnData(np.zeros((1, 1)))
+    dataset.uns["simulation"] = {"programs": programs, "program_library": "KEGG_2021_Human"}
+    libraries = {"KEGG_2021_Human": kegg, "programs": {k: set(v) for k, v in programs.items()}}
+    out = stage.run_tables(sams, libraries, SETTINGS, dataset, stage.read_identity(sams))
+    assert list(out["enrichment"].columns) == stage.ENRICHMENT_COLUMNS
     assert set(out["enrichment"]["model"]) == {"sams_vae"}
     rec = out["complex_recovery"].set_index("similarity")
-    assert list(out["complex_recovery"].columns) == enrich.RECOVERY_COLUMNS
+    assert list(out["complex_recovery"].columns) == stage.RECOVERY_COLUMNS
     assert set(rec.index) == {"mask_jaccard", "embedding_cosine", "effect_pearson"}
     assert rec.loc["mask_jaccard", "auroc"] > 0.95
     planted = out["planted_programs"]
     assert set(planted["program"]) == set(chosen) and planted["recovered"].all()
 
-    base_out = enrich.enrich_run(base, {"KEGG_2021_Human": kegg}, recovery)
+    base_out = stage.run_tables(base, libraries, SETTINGS, dataset, stage.read_identity(base))
     assert len(base_out["enrichment"]) == 0  # no masks: no enrichment, but still a recovery row
     assert list(base_out["complex_recovery"]["similarity"]) == ["effect_pearson"]
     assert base_out["complex_recovery"]["auroc"].iloc[0] == 0.5
 
-    # the command line writes the three tables into --out
-    gmt = tmp_path / "programs.gmt"
-    enrich.write_gmt(programs, gmt)
-    assert (
-        enrich.main(
-            [
-                "--run",
-                str(sams),
-                "--gene-sets",
-                "KEGG_2021_Human",
-                str(gmt),
-                "--recovery-library",
-                str(gmt),
-                "--out",
-                str(tmp_path / "cli"),
-            ]
-        )
-        == 0
-    )
-    table = pd.read_csv(tmp_path / "cli" / "enrichment.tsv", sep="\t")
-    assert set(table["library"]) == {"KEGG_2021_Human", "programs"}
-    rec = pd.read_csv(tmp_path / "cli" / "complex_recovery.tsv", sep="\t")
-    assert set(rec["library"]) == {"programs"}
+    # an empty recovery library list is an error naming the candidates
+    with pytest.raises(GeneSetError, match="no non-empty library"):
+        stage.run_tables(sams, {**libraries, "programs": {}}, SETTINGS, dataset,
+                         stage.read_identity(sams))
 
-    # merge across runs, then the figures
-    merged = enrich.merge_tsvs(
-        [tmp_path / "cli" / "complex_recovery.tsv"], tmp_path / "m.tsv", enrich.RECOVERY_COLUMNS
-    )
-    assert len(merged) == 3
-    from samsbench import plots_enrichment as pe
+    # merge across runs (the workflow's enrich_merge), then the figures
+    paths = {}
+    for name, tables in (("sams", out), ("base", base_out)):
+        paths[name] = {k: tmp_path / name / f"{k}.tsv" for k in stage.TABLES}
+        stage.write_tables(tables, paths[name])
+    merged_paths = {k: tmp_path / f"merged_{k}.tsv" for k in stage.TABLES}
+    stage.merge({k: [paths["sams"][k], paths["base"][k]] for k in stage.TABLES}, merged_paths)
+    merged = pd.read_csv(merged_paths["complex_recovery"], sep="\t")
+    assert len(merged) == 4 and list(merged.columns) == stage.RECOVERY_COLUMNS
+    from samsbench.plots import enrichment as pe
 
-    pe.mask_heatmaps(
-        [("sams_vae", mask, targets)], programs, tmp_path / "fig" / "heat.png", "programs"
-    )
-    pe.top_terms_dotplot(out["enrichment"], tmp_path / "fig" / "dots.png", "KEGG_2021_Human")
-    pe.complex_recovery_plot(
-        pd.concat([out["complex_recovery"], base_out["complex_recovery"]]),
-        tmp_path / "fig" / "rec.png",
-    )
-    pe.top_terms_dotplot(out["enrichment"].iloc[0:0], tmp_path / "fig" / "none.png")
-    for name in ("heat", "dots", "rec", "none"):
+    figures = {
+        "heat": pe.mask_heatmaps([("sams_vae", mask, targets)], programs, "programs"),
+        "dots": pe.top_terms_dotplot(out["enrichment"], "KEGG_2021_Human"),
+        "rec": pe.complex_recovery_plot(
+            pd.concat([out["complex_recovery"], base_out["complex_recovery"]])),
+        "none": pe.top_terms_dotplot(out["enrichment"].iloc[0:0]),
+    }
+    for name, fig in figures.items():
+        sbio.write_png(fig, tmp_path / "fig" / f"{name}.png")
         assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 1000
 
 
@@ -416,7 +408,9 @@ def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
     against cpa_vae 0.550. The default run (`make run`) gives the same; there the paper's
     SAMS-VAE without alignment has 2 of 4 (AUROC 0.894, docs/mask_recovery.md).
     """
-    from samsbench import config, tasks
+    from samsbench import config
+    from samsbench.stages import data as data_stage
+    from samsbench.stages import train as train_stage
     from samsbench.data import contract
     from samsbench.data.simulate import simulate
 
@@ -428,18 +422,20 @@ def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
     data = simulate(**cfg["datasets"]["simulated"]["simulate"])
     contract.write(data, str(data_path))
     split = experiment["splits"][0]
-    tasks.make_split(str(data_path), cfg["splits"][split], str(split_path))
-    library, programs = enrich.simulation_programs(data)
-    pathways = enrich.load_gene_sets("pathways", None, data)
+    data_stage.split(str(data_path), cfg["splits"][split], str(split_path))
+    library, programs = gene_sets.simulation_programs(data)
+    pathways = stage.load_gene_sets("pathways", None, data)
     best = {}
     for model in ("sams_vae_aligned", "cpa_vae"):
         run_dir = tmp_path / model
-        tasks.train_run(str(data_path), str(split_path),
+        train_stage.train(str(data_path), str(split_path),
                         config.model_hyperparameters(cfg, "simulated", model),
                         dict(experiment["training"]), str(run_dir), 0, progress=False,
                         identity={"model": model, "split": split})
-        out = enrich.enrich_run(run_dir, {library: kegg}, ("pathways", pathways),
-                                programs=(library, programs))
+        settings = {**SETTINGS, "gene_sets": [library], "recovery_library": "pathways"}
+        identity = {"model": model, "split": split, "seed": 0, "family": model}
+        out = stage.run_tables(run_dir, {library: kegg, "pathways": pathways}, settings, data,
+                               identity)
         best[model] = out["complex_recovery"]["auroc"].max()
         if model == "sams_vae_aligned":
             planted = out["planted_programs"]
@@ -460,7 +456,7 @@ def test_replogle_guide_pair_labels_map_to_their_gene():
         "MED1_-_5.23-P1P2|MED1_-_6.23-P1P2",
     ]
     latents = ad.AnnData(np.zeros((4, 0)), obs=pd.DataFrame({"target_genes": labels}, index=labels))
-    assert [t for t in enrich.perturbation_targets(latents)] == [
+    assert [t for t in gene_sets.perturbation_targets(latents)] == [
         ["PSMA1"],
         ["PSMA1"],
         ["PSMB2"],
@@ -469,7 +465,7 @@ def test_replogle_guide_pair_labels_map_to_their_gene():
     # uns["pathways"] in the contract's form lists perturbation labels; the library is genes
     data = ad.AnnData(np.zeros((1, 1)))
     data.uns["pathways"] = {"PROTEASOME": labels[:3], "MEDIATOR": labels[3:]}
-    assert enrich.load_gene_sets("pathways", None, data) == {
+    assert stage.load_gene_sets("pathways", None, data) == {
         "PROTEASOME": {"PSMA1", "PSMB2"},
         "MEDIATOR": {"MED1"},
     }

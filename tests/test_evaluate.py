@@ -1,8 +1,7 @@
-"""Tests of samsbench.evaluate: expected numbers are worked out by hand in each test."""
+"""Tests of samsbench.metrics and the evaluate stage's predictions files: expected numbers are worked out by hand in each test."""
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import anndata as ad
@@ -13,7 +12,8 @@ import scipy.sparse as sp
 from scipy.stats import pearsonr
 from sklearn.metrics import r2_score
 
-from samsbench import evaluate as ev
+from samsbench import metrics as ev
+from samsbench.stages import evaluate as stage
 from samsbench.data import contract
 from samsbench.data.splits import random_split, write_split
 
@@ -275,11 +275,11 @@ def small_data():
 def test_predictions_roundtrip(tmp_path, small_data):
     means = ev.perturbation_means(small_data)
     path = tmp_path / "pred.h5ad"
-    ev.write_predictions(means, path, CTRL, {"model": "x", "seed": 1, "missing": None})
+    stage.write_predictions(means, path, CTRL, {"model": "x", "seed": 1, "missing": None})
     stored = ad.read_h5ad(path)
     assert list(stored.obs["perturbation"]) == list(means.index)
     assert stored.uns["control_label"] == CTRL and stored.uns["metadata"]["model"] == "x"
-    pred_ate = ev.read_predictions(path, small_data)
+    pred_ate = stage.read_predictions(path, small_data)
     pd.testing.assert_frame_equal(pred_ate, ev.data_ate(small_data), check_names=False)
     assert not list(tmp_path.glob("*.tmp-*"))  # the temporary file is gone
 
@@ -299,7 +299,7 @@ def test_gene_order_is_aligned(tmp_path, small_data):
     reordered = means[means.columns[::-1]]
     path = write_raw(tmp_path / "p.h5ad", reordered.to_numpy(), list(reordered.index),
                      list(reordered.columns), control=None)  # control from the data
-    pd.testing.assert_frame_equal(ev.read_predictions(path, small_data),
+    pd.testing.assert_frame_equal(stage.read_predictions(path, small_data),
                                   ev.data_ate(small_data), check_names=False)
 
 
@@ -338,31 +338,31 @@ def test_bad_prediction_files(tmp_path, small_data, case, message):
                       var=pd.DataFrame(index=genes))
     pred.uns["control_label"] = control
     pred.write_h5ad(path)
-    with pytest.raises(ev.PredictionsError) as err:
-        ev.read_predictions(path, small_data)
+    with pytest.raises(stage.PredictionsError) as err:
+        stage.read_predictions(path, small_data)
     assert message in str(err.value) and str(path) in str(err.value)
 
 
 def test_unreadable_and_unlabelled_files(tmp_path, small_data):
     bad = tmp_path / "bad.h5ad"
     bad.write_text("not hdf5")
-    with pytest.raises(ev.PredictionsError, match="not a readable h5ad"):
-        ev.read_predictions(bad, small_data)
-    with pytest.raises(ev.PredictionsError, match="no such predictions file"):
-        ev.read_predictions(tmp_path / "absent.h5ad", small_data)
+    with pytest.raises(stage.PredictionsError, match="not a readable h5ad"):
+        stage.read_predictions(bad, small_data)
+    with pytest.raises(stage.PredictionsError, match="no such predictions file"):
+        stage.read_predictions(tmp_path / "absent.h5ad", small_data)
     plain = tmp_path / "plain.h5ad"
     ad.AnnData(X=np.zeros((2, 6)), var=pd.DataFrame(index=list(small_data.var_names))
                ).write_h5ad(plain)
-    with pytest.raises(ev.PredictionsError, match='obs has no "perturbation" column'):
-        ev.read_predictions(plain, small_data)
+    with pytest.raises(stage.PredictionsError, match='obs has no "perturbation" column'):
+        stage.read_predictions(plain, small_data)
 
 
 def test_write_predictions_refuses_bad_input(tmp_path):
     means = frame([[0.0, 1.0], [1.0, np.nan]], [CTRL, "A"])
-    with pytest.raises(ev.PredictionsError, match="NaN"):
-        ev.write_predictions(means, tmp_path / "p.h5ad", CTRL, {})
-    with pytest.raises(ev.PredictionsError, match="no row for the control"):
-        ev.write_predictions(means.fillna(0), tmp_path / "p.h5ad", "ctrl", {})
+    with pytest.raises(stage.PredictionsError, match="NaN"):
+        stage.write_predictions(means, tmp_path / "p.h5ad", CTRL, {})
+    with pytest.raises(stage.PredictionsError, match="no row for the control"):
+        stage.write_predictions(means.fillna(0), tmp_path / "p.h5ad", "ctrl", {})
     assert not list(tmp_path.iterdir())
 
 
@@ -374,21 +374,24 @@ def test_score_and_cli(tmp_path, small_data, capsys):
     contract.write(small_data, data_path)
     write_split(small_data.obs_names, random_split(small_data.n_obs, seed=0), split_path)
     pred_path = tmp_path / "pred.h5ad"
-    ev.write_predictions(ev.perturbation_means(small_data), pred_path, CTRL, {"model": "oracle"})
+    stage.write_predictions(ev.perturbation_means(small_data), pred_path, CTRL, {"model": "oracle"})
 
-    result = ev.score(pred_path, data_path, split_path)
+    result = stage.score_predictions(pred_path, data_path, split_path)
     assert set(result["subset"]) == {"all", "train", "val", "test"}
     m = metric_dict(result)
     assert m["ate_pearson"] == pytest.approx(1.0) and m["discrimination_rank"] == 0.0
 
-    parser = argparse.ArgumentParser()
-    ev.add_score_parser(parser.add_subparsers(dest="command"))
-    out = tmp_path / "out" / "metrics.tsv"
-    args = parser.parse_args(["score", "--predictions", str(pred_path), "--data",
-                              str(data_path), "--splits", str(split_path), "--out", str(out)])
-    assert args.func(args) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), result)
+    from samsbench import cli
 
-    args.predictions = str(tmp_path / "absent.h5ad")
-    assert args.func(args) == 2
+    out = tmp_path / "out" / "metrics.tsv"
+    argv = ["score", "--predictions", str(pred_path), "--data", str(data_path), "--splits",
+            str(split_path), "--name", "oracle", "--out", str(out)]
+    assert cli.main(argv) == 0
+    written = pd.read_csv(out, sep="\t")
+    assert set(written["model"]) == {"oracle"}
+    pd.testing.assert_frame_equal(written[["metric", "subset", "value"]], result,
+                                  check_dtype=False, rtol=1e-9)
+
+    argv[2] = str(tmp_path / "absent.h5ad")
+    assert cli.main(argv) == 2
     assert "no such predictions file" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from helpers import for_family, tiny_dataset
-from samsbench import inference, tasks
+from samsbench import inference
+from samsbench.stages import train as train_stage
 from samsbench import models as registry
 
 # Read from the registry, so that a new family is tested without editing this file.
@@ -37,7 +38,7 @@ def encoding(family):
 
 
 def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
-    data = tasks.load_data(*tiny)
+    data = train_stage.load_data(*tiny)
     model = build("sams_vae", data)
     T = len(data.columns)
     constant = torch.arange(1.0, T + 1)  # a known global log p - log q per perturbation
@@ -79,7 +80,7 @@ def test_global_terms_count_once_per_perturbation_and_skip_control(tiny):
 def test_minibatch_elbo_over_its_own_perturbations_equals_the_full_one(tiny, family):
     # Training samples the globals of only the perturbations in the minibatch (with the values
     # the full draw gives them); loss and every gradient must be those of the full draw.
-    data = tasks.load_data(*tiny)
+    data = train_stage.load_data(*tiny)
     model = build(family, data)
     train = data.split_index("train")
     rows = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:12]]
@@ -106,7 +107,7 @@ def test_minibatch_elbo_over_its_own_perturbations_equals_the_full_one(tiny, fam
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_iwelbo_equals_local_elbo_at_one_particle_and_bounds_it(tiny, family):
-    data = tasks.load_data(*tiny, encoding=encoding(family))
+    data = train_stage.load_data(*tiny, encoding=encoding(family))
     model = build(family, data)
     mean, std = data.input_statistics(model.normalization)
     model.set_input_statistics(mean, std)
@@ -127,7 +128,7 @@ def test_svae_plus_rejects_multi_hot_dosages(tiny, tmp_path):
     data_path, split_path = tiny
     hp = {**for_family("svae_plus"), "family": "svae_plus", "encoding": "additive"}
     with pytest.raises(ValueError, match="one-hot"):
-        tasks.train_run(data_path, split_path, hp, {"max_steps": 2}, str(tmp_path / "run"), 0,
+        train_stage.train(data_path, split_path, hp, {"max_steps": 2}, str(tmp_path / "run"), 0,
                         progress=False)
 
 
@@ -135,7 +136,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
     data_path, split_path = tiny
     hp = {**for_family("cpa_vae"), "family": "cpa_vae"}
     with pytest.raises(FloatingPointError, match="non-finite (training|validation) loss"):
-        tasks.train_run(data_path, split_path, hp, {"max_steps": 50, "lr": 1e30},
+        train_stage.train(data_path, split_path, hp, {"max_steps": 50, "lr": 1e30},
                         str(tmp_path / "run"), 0, progress=False)
 
 
@@ -152,7 +153,7 @@ def test_same_seed_same_numbers(tiny, tmp_path, family):
     hp = {**for_family(family), "family": family}
     training = {"max_steps": 30, "batch_size": 64, "val_every": 10, "iwelbo_particles": 10}
     for name in ("a", "b"):
-        tasks.train_run(data_path, split_path, hp, training, str(tmp_path / name), 0, progress=False)
+        train_stage.train(data_path, split_path, hp, training, str(tmp_path / name), 0, progress=False)
     assert _numbers(tmp_path / "a") == _numbers(tmp_path / "b")
     assert math.isfinite(_numbers(tmp_path / "a")["val_iwelbo"])
     # the loss and its named parts at each validation; the parts add up to the loss
@@ -168,11 +169,11 @@ def test_same_seed_same_numbers(tiny, tmp_path, family):
 TRAIN_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from samsbench import tasks
+from samsbench.stages import train as train_stage
 hp = dict(n_latent=6, n_layers=1, encoder_n_hidden=16, decoder_n_hidden=16,
           embedding_encoder_n_layers=2, embedding_encoder_n_hidden=8, mask_prior_prob=0.2,
           family="sams_vae")
-tasks.train_run(sys.argv[1], sys.argv[2], hp,
+train_stage.train(sys.argv[1], sys.argv[2], hp,
                 {"max_steps": int(sys.argv[4]), "batch_size": 32, "val_every": 20,
                  "checkpoint_every": 5, "iwelbo_particles": 10},
                 sys.argv[3], 0, progress=False)

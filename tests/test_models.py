@@ -18,8 +18,9 @@ from torch.distributions import Normal
 
 from helpers import for_family, tiny_dataset
 from samsbench import config as sbconfig
-from samsbench import inference, tasks
+from samsbench import inference
 from samsbench import models as registry
+from samsbench.stages import train as train_stage
 from samsbench.models.base import LatentHyperparameters, LatentModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,7 +129,7 @@ def test_layering_family_defaults_then_global_then_experiment_then_model_block(r
 def test_declared_globals_are_the_per_perturbation_ones(tiny, family):
     """sample_globals returns exactly the declared variables, one row per perturbation; the
     declared global parameters get no gradient from control cells and the others do."""
-    data = tasks.load_data(*tiny, encoding=registry.hyperparameters(family).encoding)
+    data = train_stage.load_data(*tiny, encoding=registry.hyperparameters(family).encoding)
     torch.manual_seed(0)
     model = registry.build(family, len(data.genes), data.columns, for_family(family))
     g, _ = model.sample_globals(3)
@@ -151,11 +152,11 @@ def test_declared_globals_are_the_per_perturbation_ones(tiny, family):
 def test_mean_effect_models_save_and_load_like_latent_ones(tiny, tmp_path):
     data_path, split_path = tiny
     run = tmp_path / "run"
-    tasks.train_run(data_path, split_path, {"family": "additive_mean"}, {}, str(run), 0,
+    train_stage.train(data_path, split_path, {"family": "additive_mean"}, {}, str(run), 0,
                     progress=False)
     model, record = inference.load_model(str(run / "model.pt"))
     assert record["hp"] == {"encoding": "additive"} and not model.trains_by_gradient
-    data = tasks.load_data(data_path, split_path)
+    data = train_stage.load_data(data_path, split_path)
     labels = sorted(set(data.labels))
     fresh = registry.build("additive_mean", len(data.genes), data.columns)
     fresh.fit(data)
@@ -217,7 +218,7 @@ def test_a_family_registered_from_a_test_file_trains(tiny, tmp_path, monkeypatch
     hp = {"family": "toy_shift", "n_latent": 3, "encoder_n_hidden": 8, "decoder_n_hidden": 8,
           "shift_init": 0.1}
     training = {"max_steps": 6, "batch_size": 32, "val_every": 3, "iwelbo_particles": 5}
-    summary = tasks.train_run(data_path, split_path, hp, training, str(tmp_path / "run"), 0,
+    summary = train_stage.train(data_path, split_path, hp, training, str(tmp_path / "run"), 0,
                               progress=False)
     assert summary["steps"] == 6 and np.isfinite(summary["val_iwelbo"])
     history = pd.read_csv(tmp_path / "run" / "history.tsv", sep="\t")

@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 import fixtures_real as fr
-from samsbench.data import contract, norman, prepare, replogle
+from samsbench.data import contract, norman, replogle
+from samsbench.stages import data as prepare
 
 
 def _dense(X):
@@ -246,13 +247,13 @@ def test_required_inputs():
 
 
 def test_prepare_dataset_dispatch(raw_file, norman_file, prepared_b, tmp_path):
-    prepare.prepare_dataset({"source": "replogle_raw", "chunk_rows": 500}, [raw_file],
+    prepare.prepare({"source": "replogle_raw", "chunk_rows": 500}, [raw_file],
                             tmp_path / "r.h5ad")
     assert contract.read(tmp_path / "r.h5ad").n_obs == prepared_b.n_obs
-    prepare.prepare_dataset({"source": "norman"}, [norman_file], tmp_path / "n.h5ad")
+    prepare.prepare({"source": "norman"}, [norman_file], tmp_path / "n.h5ad")
     assert "perturbation" in contract.read(tmp_path / "n.h5ad").obs
     # A user's own contract file is validated and copied byte for byte.
-    prepare.prepare_dataset({"source": "h5ad", "path": "x"}, [tmp_path / "n.h5ad"],
+    prepare.prepare({"source": "h5ad", "path": "x"}, [tmp_path / "n.h5ad"],
                             tmp_path / "copy.h5ad")
     assert (tmp_path / "copy.h5ad").read_bytes() == (tmp_path / "n.h5ad").read_bytes()
 
@@ -263,13 +264,13 @@ def test_user_file_breaking_the_contract(tmp_path):
                                        index=["c0", "c1", "c2", "c3"]))
     bad.write_h5ad(tmp_path / "bad.h5ad")
     with pytest.raises(contract.ContractError, match="bad.h5ad.*non-integer"):
-        prepare.prepare_dataset({"source": "h5ad", "path": "x"}, [tmp_path / "bad.h5ad"],
+        prepare.prepare({"source": "h5ad", "path": "x"}, [tmp_path / "bad.h5ad"],
                                 tmp_path / "out.h5ad")
     assert not (tmp_path / "out.h5ad").exists()
 
 
 def test_prepare_simulate(tmp_path):
     pytest.importorskip("samsbench.data.simulate")
-    prepare.prepare_dataset({"source": "simulate", "simulate": {"seed": 0}}, [],
+    prepare.prepare({"source": "simulate", "simulate": {"seed": 0}}, [],
                             tmp_path / "s.h5ad")
     contract.read(tmp_path / "s.h5ad")

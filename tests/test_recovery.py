@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from helpers import for_family
-from samsbench import evaluate, tasks
 from samsbench.data import contract, splits
+from samsbench import metrics
 from samsbench.data.simulate import simulate
-from samsbench.recovery import PRIOR_MATCHED_DATA, mask_stats
+from samsbench.stages import evaluate
+from samsbench.stages import train as train_stage
+from helpers import PRIOR_MATCHED_DATA
+from samsbench.enrichment.recovery import mask_stats
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +45,7 @@ def train(data_path, split_path, run_dir, family, steps, **hp):
     hp = {**for_family(family, HP), "family": family, **hp}
     training = {"max_steps": steps, "batch_size": 128, "lr": 0.005, "val_every": 100,
                 "iwelbo_particles": 20}
-    tasks.train_run(data_path, split_path, hp, training, run_dir, 0, progress=False)
+    train_stage.train(data_path, split_path, hp, training, run_dir, 0, progress=False)
     return ad.read_h5ad(os.path.join(run_dir, "perturbation_latents.h5ad"))
 
 
@@ -72,7 +75,7 @@ def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
 
     Measured with exactly these settings: AUROC 0.922, F1 0.72, density 0.165 (truth 0.128);
     the same model without alignment reaches AUROC 0.816 and density 0.43 (its latent space
-    ends rotated against the true axes; docs/mask_recovery.md, bench/prior_recovery.py).
+    ends rotated against the true axes; docs/mask_recovery.md, bench/studies/prior_recovery.py).
     """
     data_path, split_path = write(str(tmp_path), "random", **PRIOR_MATCHED_DATA)
     latents = train(data_path, split_path, str(tmp_path / "run"), "sams_vae", 3000,
@@ -90,14 +93,14 @@ def test_additive_models_predict_held_out_combinations_and_svae_plus_cannot(tmp_
     split = splits.read_split(split_path, adata.obs_names)
     held_out = sorted(set(adata.obs["perturbation"][split == "test"]))
     assert held_out and all("+" in label for label in held_out)
-    true_ate = evaluate.data_ate(adata).loc[held_out]
+    true_ate = metrics.data_ate(adata).loc[held_out]
     scores = {}
     for family, steps, encoding in (("cpa_vae", 1500, "additive"), ("additive_mean", 0, "additive"),
                                     ("svae_plus", 1500, "unique")):
         run = str(tmp_path / family)
         train(data_path, split_path, run, family, max(steps, 1), encoding=encoding)
         predictions = os.path.join(run, "predictions.h5ad")
-        tasks.predict_run(data_path, split_path, os.path.join(run, "model.pt"), predictions,
+        evaluate.predict(data_path, split_path, os.path.join(run, "model.pt"), predictions,
                           n_particles=300)
         pred = evaluate.read_predictions(predictions, adata).loc[held_out]
         scores[family] = float(np.corrcoef(pred.to_numpy().ravel(), true_ate.to_numpy().ravel())[0, 1])

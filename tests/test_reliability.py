@@ -20,10 +20,12 @@ import torch
 
 import bad_inputs as bad
 from helpers import for_family, tiny_dataset
-from samsbench import cli, inference, tasks
+from samsbench import cli, inference
 from samsbench import config as sbconfig
 from samsbench import models as registry
-from samsbench.data import contract, memory, prepare, splits, tensors
+from samsbench.data import contract, memory, splits, tensors
+from samsbench.stages import data as data_stage
+from samsbench.stages import train as train_stage
 from samsbench.data import download as dl
 from samsbench.data.contract import ContractError
 
@@ -64,8 +66,8 @@ def test_item01_contract_refuses_control_components_and_unsorted_combinations(la
 def test_item01_h5ad_prepare_normalises_labels_and_logs(tmp_path, caplog):
     src = bad.gears_style_file(tmp_path / "gears.h5ad")
     out = tmp_path / "prepared.h5ad"
-    with caplog.at_level(logging.INFO, logger=prepare.__name__):
-        prepare.prepare_dataset({"source": "h5ad", "path": src}, [src], out)
+    with caplog.at_level(logging.INFO, logger=data_stage.__name__):
+        data_stage.prepare({"source": "h5ad", "path": src}, [src], out)
     assert contract.read(out).obs["perturbation"].tolist() == bad.GEARS_NORMALISED
     # 4 of 8 cells change: KLF1+ctrl, ctrl+ctrl, B+A, ctrl+A+B
     assert "normalised the perturbation label of 4 cells" in caplog.text
@@ -138,7 +140,7 @@ def test_item03_non_perturbation_labels_get_a_clear_error(make, message):
 def test_item04_enrichment_genes_are_sorted_inside_the_cell(monkeypatch):
     import gseapy
 
-    from samsbench import enrich
+    from samsbench.enrichment import ora as enrich
 
     class Result:  # gseapy's Genes column in the order it happened to produce
         res2d = pd.DataFrame({"Term": ["S"], "Overlap": ["2/3"], "P-value": [0.01],
@@ -313,13 +315,13 @@ def _summary(run_dir):
 @pytest.mark.parametrize("keep_bytes", [0, 100])
 def test_item10_unreadable_resume_starts_afresh(tiny, tmp_path, caplog, keep_bytes):
     hp = {**for_family("sams_vae"), "family": "sams_vae"}
-    tasks.train_run(*tiny, hp, TRAINING, str(tmp_path / "full"), 0, progress=False)
+    train_stage.train(*tiny, hp, TRAINING, str(tmp_path / "full"), 0, progress=False)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "resume.pt").write_bytes((tmp_path / "full" / "resume.pt").read_bytes())
     bad.cut_file(broken / "resume.pt", keep_bytes)
     with caplog.at_level(logging.WARNING, logger=inference.__name__):
-        tasks.train_run(*tiny, hp, TRAINING, str(broken), 0, progress=False)
+        train_stage.train(*tiny, hp, TRAINING, str(broken), 0, progress=False)
     assert f"{broken / 'resume.pt'} is unreadable" in caplog.text
     assert "training starts afresh" in caplog.text
     assert _summary(broken) == _summary(tmp_path / "full")

@@ -1,9 +1,13 @@
-# Shared helpers: config validation (defaults filled, readable errors) and the list of runs.
+# Shared helpers: config validation (defaults filled, readable errors), the list of runs, the
+# run-directory layout (samsbench.io, spelled once) and every target of the workflow.
 import samsbench.config as sbconfig
-import samsbench.enrich as sbenrich
+import samsbench.io as sbio
+import samsbench.stages.enrich as sbenrich
 
 sbconfig.validate(config)
 RESULTS = config["results"]
+# One run's directory, as a wildcard pattern.
+RUN = sbio.run_dir(RESULTS, "{experiment}", "{model}", "{split}", "{seed}")
 
 
 wildcard_constraints:
@@ -18,8 +22,10 @@ def runs(experiment):
     return sbconfig.runs(config, experiment)
 
 
-def run_dirs(experiment):
-    return [r["dir"] for r in runs(experiment)]
+def run_files(experiment, role, selected=None):
+    """One file (by its role in samsbench.io.RUN_FILES) of every run, or of ``selected``."""
+    chosen = runs(experiment) if selected is None else selected
+    return [sbio.run_file(r["dir"], role) for r in chosen]
 
 
 def experiment_dataset(wildcards):
@@ -56,7 +62,7 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
-        targets.extend(sbenrich.workflow_targets(config, experiment, RESULTS))
+        targets.extend(enrichment_targets(experiment))
     return targets
 
 
@@ -68,9 +74,42 @@ def figure_files(experiment):
 
 
 def dataset_inputs(dataset):
-    from samsbench.data.prepare import required_inputs
+    from samsbench.stages.data import required_inputs
 
     return required_inputs(config["datasets"][dataset])
+
+
+def enrichment_settings(experiment):
+    return sbenrich.settings(config, experiment)
+
+
+def enrichment_runs(experiment):
+    """The runs an experiment's enrichment covers (enrichment.models, default all)."""
+    models = enrichment_settings(experiment)["models"]
+    return [r for r in runs(experiment) if models is None or r["model"] in models]
+
+
+def first_run_per_model(selected):
+    """The first split and seed of each model (one heatmap panel / dot-plot facet per model)."""
+    first = {}
+    for run in selected:
+        first.setdefault(run["model"], run)
+    return list(first.values())
+
+
+def enrichment_targets(experiment):
+    """Every enrichment output of an experiment, for the Snakefile's all."""
+    out = f"{RESULTS}/{experiment}"
+    figures = f"{out}/figures/enrichment"
+    libraries = enrichment_settings(experiment)["gene_sets"]
+    return [
+        f"{out}/gene_set_sources.tsv",
+        f"{out}/enrichment.tsv",
+        f"{out}/complex_recovery.tsv",
+        f"{out}/planted_programs.tsv",
+        f"{figures}/mask_heatmaps.png",
+        f"{figures}/complex_recovery.png",
+    ] + [f"{figures}/top_terms_{library}.png" for library in libraries]
 
 
 def external_metrics(experiment):

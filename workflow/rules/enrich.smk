@@ -1,10 +1,7 @@
 # Enrichment of learned masks against gene-set libraries, and complex recovery (beyond the
-# reference; see DESIGN.md "Enrichment" and docs/gene_sets.md). Uses from common.smk: RESULTS,
-# prepared, run_identity and runs(experiment). Settings: experiments.<name>.enrichment, read by
-# samsbench.enrich.experiment_settings; targets: samsbench.enrich.workflow_targets.
-import samsbench.enrich as sbenrich
-
-ENRICH_RUN = f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}"
+# reference; see docs/gene_sets.md). Uses from common.smk: RESULTS, RUN, prepared, run_identity,
+# run_files, enrichment_settings (experiments.<name>.enrichment through the one resolver,
+# samsbench.stages.enrich.settings), enrichment_runs and first_run_per_model.
 ENRICH_GMT = f"{RESULTS}/{{experiment}}/gene_sets/{{name}}.gmt"
 
 
@@ -30,7 +27,7 @@ rule enrich_sources:
     input:
         gmts=lambda wc: [
             ENRICH_GMT.format(experiment=wc.experiment, name=name)
-            for name in sbenrich.libraries_used(config, wc.experiment)
+            for name in sbenrich.libraries_used(enrichment_settings(wc.experiment))
         ],
     output:
         table=report(
@@ -52,23 +49,18 @@ rule enrich_sources:
 
 rule enrich_run:
     input:
-        latents=f"{ENRICH_RUN}/perturbation_latents.h5ad",
-        predictions=f"{ENRICH_RUN}/predictions.h5ad",
-        summary=f"{ENRICH_RUN}/summary.json",
+        latents=sbio.run_file(RUN, "latents"),
+        predictions=sbio.run_file(RUN, "predictions"),
+        summary=sbio.run_file(RUN, "summary"),
         dataset=prepared,
         gmts=lambda wc: [
             ENRICH_GMT.format(experiment=wc.experiment, name=name)
-            for name in dict.fromkeys(
-                sbenrich.experiment_settings(config, wc.experiment)["gene_sets"]
-                + sbenrich.library_candidates(
-                    config, wc.experiment, "recovery_library"
-                )
-            )
+            for name in sbenrich.run_libraries(enrichment_settings(wc.experiment))
         ],
     output:
-        enrichment=f"{ENRICH_RUN}/enrichment.tsv",
-        complex_recovery=f"{ENRICH_RUN}/complex_recovery.tsv",
-        planted_programs=f"{ENRICH_RUN}/planted_programs.tsv",
+        enrichment=sbio.run_file(RUN, "enrichment"),
+        complex_recovery=sbio.run_file(RUN, "complex_recovery"),
+        planted_programs=sbio.run_file(RUN, "planted_programs"),
     log:
         f"{RESULTS}/logs/enrich/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     conda:
@@ -78,42 +70,22 @@ rule enrich_run:
         mem_mb=4000,
     params:
         run=run_identity,
-        libraries=lambda wc: sbenrich.experiment_settings(config, wc.experiment)[
-            "gene_sets"
-        ],
-        recovery_candidates=lambda wc: sbenrich.library_candidates(
-            config, wc.experiment, "recovery_library"
-        ),
-        threshold=lambda wc: sbenrich.experiment_settings(config, wc.experiment)[
-            "threshold"
-        ],
-        min_set_size=lambda wc: sbenrich.experiment_settings(config, wc.experiment)[
-            "min_set_size"
-        ],
+        settings=lambda wc: enrichment_settings(wc.experiment),
     script:
         "../scripts/enrich_run.py"
 
 
 rule enrich_merge:
     input:
-        enrichment=lambda wc: [
-            f"{run['dir']}/enrichment.tsv"
-            for run in sbenrich.selected_runs(
-                config, wc.experiment, runs(wc.experiment)
-            )
-        ],
-        complex_recovery=lambda wc: [
-            f"{run['dir']}/complex_recovery.tsv"
-            for run in sbenrich.selected_runs(
-                config, wc.experiment, runs(wc.experiment)
-            )
-        ],
-        planted_programs=lambda wc: [
-            f"{run['dir']}/planted_programs.tsv"
-            for run in sbenrich.selected_runs(
-                config, wc.experiment, runs(wc.experiment)
-            )
-        ],
+        enrichment=lambda wc: run_files(
+            wc.experiment, "enrichment", enrichment_runs(wc.experiment)
+        ),
+        complex_recovery=lambda wc: run_files(
+            wc.experiment, "complex_recovery", enrichment_runs(wc.experiment)
+        ),
+        planted_programs=lambda wc: run_files(
+            wc.experiment, "planted_programs", enrichment_runs(wc.experiment)
+        ),
     output:
         enrichment=f"{RESULTS}/{{experiment}}/enrichment.tsv",
         complex_recovery=f"{RESULTS}/{{experiment}}/complex_recovery.tsv",
@@ -130,16 +102,15 @@ rule enrich_merge:
 rule enrich_heatmap:
     input:
         # the first split and seed of each model; the script skips models without masks
-        latents=lambda wc: [
-            f"{run['dir']}/perturbation_latents.h5ad"
-            for run in sbenrich.first_run_per_model(
-                sbenrich.selected_runs(config, wc.experiment, runs(wc.experiment))
-            )
-        ],
+        latents=lambda wc: run_files(
+            wc.experiment,
+            "latents",
+            first_run_per_model(enrichment_runs(wc.experiment)),
+        ),
         gmts=lambda wc: [
             ENRICH_GMT.format(experiment=wc.experiment, name=name)
             for name in sbenrich.library_candidates(
-                config, wc.experiment, "heatmap_library"
+                enrichment_settings(wc.experiment), "heatmap_library"
             )
         ],
     output:
@@ -155,15 +126,12 @@ rule enrich_heatmap:
     conda:
         "../../envs/samsbench.yaml"
     params:
-        figure="heatmap",
         titles=lambda wc: [
             f"{run['model']} / {run['split']} / seed {run['seed']}"
-            for run in sbenrich.first_run_per_model(
-                sbenrich.selected_runs(config, wc.experiment, runs(wc.experiment))
-            )
+            for run in first_run_per_model(enrichment_runs(wc.experiment))
         ],
     script:
-        "../scripts/enrich_figures.py"
+        "../scripts/enrich_heatmap.py"
 
 
 rule enrich_top_terms:
@@ -184,10 +152,9 @@ rule enrich_top_terms:
     conda:
         "../../envs/samsbench.yaml"
     params:
-        figure="top_terms",
-        alpha=lambda wc: sbenrich.experiment_settings(config, wc.experiment)["alpha"],
+        alpha=lambda wc: enrichment_settings(wc.experiment)["alpha"],
     script:
-        "../scripts/enrich_figures.py"
+        "../scripts/enrich_top_terms.py"
 
 
 rule enrich_recovery_figure:
@@ -205,7 +172,5 @@ rule enrich_recovery_figure:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
-    params:
-        figure="recovery",
     script:
-        "../scripts/enrich_figures.py"
+        "../scripts/enrich_recovery_figure.py"

@@ -6,14 +6,16 @@ rule evaluate:
     input:
         data=prepared,
         split=split_file,
-        model=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/model.pt",
+        model=sbio.run_file(RUN, "model"),
     output:
-        predictions=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/predictions.h5ad",
-        metrics=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/metrics.tsv",
+        predictions=sbio.run_file(RUN, "predictions"),
+        metrics=sbio.run_file(RUN, "metrics"),
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/{{experiment}}/benchmarks/evaluate/{{model}}/{{split}}/seed{{seed}}.tsv"
+        sbio.benchmark_file(
+            RESULTS, "{experiment}", "evaluate", "{model}", "{split}", "{seed}"
+        )
     conda:
         "../../envs/samsbench.yaml"
     threads: 1
@@ -47,8 +49,7 @@ rule score_external:
 
 rule aggregate_metrics:
     input:
-        lambda wc: [f"{d}/metrics.tsv" for d in run_dirs(wc.experiment)]
-        + external_metrics(wc.experiment),
+        lambda wc: run_files(wc.experiment, "metrics") + external_metrics(wc.experiment),
     output:
         f"{RESULTS}/{{experiment}}/metrics.tsv",
     log:

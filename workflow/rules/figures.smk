@@ -4,7 +4,7 @@
 rule figures:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        histories=lambda wc: [f"{d}/history.tsv" for d in run_dirs(wc.experiment)],
+        histories=lambda wc: run_files(wc.experiment, "history"),
     output:
         ate=report(
             f"{RESULTS}/{{experiment}}/figures/ate_metrics.png",

@@ -1,4 +1,4 @@
-# The paper's tables and figures (reference/data_and_evaluation.md §5.5-6), for experiments
+# The paper's tables and figures (the reference's result tables and figures), for experiments
 # with a `paper:` block in config.yaml (kind replogle, norman_ood or norman_data_efficiency).
 # One job per experiment reads its tidy metrics, the runs' summaries, benchmarks and (Replogle)
 # histories and latents, and writes every table (TSV + PNG) and figure under
@@ -8,7 +8,7 @@
 rule paper_norman:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        summaries=_run_files("summary.json"),
+        summaries=_run_files("summary"),
         benchmarks=_benchmarks,
     output:
         runs=f"{PAPER}/runs.tsv",
@@ -67,9 +67,9 @@ rule paper_norman:
 rule paper_replogle:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        summaries=_run_files("summary.json"),
-        histories=_run_files("history.tsv"),
-        latents=_run_files("perturbation_latents.h5ad"),
+        summaries=_run_files("summary"),
+        histories=_run_files("history"),
+        latents=_run_files("latents"),
         benchmarks=_benchmarks,
         data=prepared,
     output:

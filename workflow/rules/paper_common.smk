@@ -21,9 +21,9 @@ def _one_of(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def _run_files(name):
+def _run_files(role):
     def files(wildcards):
-        return [f"{r['dir']}/{name}" for r in runs(wildcards.experiment)]
+        return run_files(wildcards.experiment, role)
 
     return files
 
@@ -34,7 +34,9 @@ def _benchmarks(wildcards):
     for r in runs(wildcards.experiment):
         for step in BENCHMARKED:
             out.append(
-                f"{RESULTS}/{r['experiment']}/benchmarks/{step}/{r['model']}/{r['split']}/seed{r['seed']}.tsv"
+                sbio.benchmark_file(
+                    RESULTS, r["experiment"], step, r["model"], r["split"], r["seed"]
+                )
             )
     return out
 

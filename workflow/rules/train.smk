@@ -7,14 +7,16 @@ rule train:
         data=prepared,
         split=split_file,
     output:
-        model=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/model.pt",
-        history=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/history.tsv",
-        summary=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/summary.json",
-        latents=f"{RESULTS}/{{experiment}}/runs/{{model}}/{{split}}/seed{{seed}}/perturbation_latents.h5ad",
+        model=sbio.run_file(RUN, "model"),
+        history=sbio.run_file(RUN, "history"),
+        summary=sbio.run_file(RUN, "summary"),
+        latents=sbio.run_file(RUN, "latents"),
     log:
         f"{RESULTS}/logs/train/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/{{experiment}}/benchmarks/train/{{model}}/{{split}}/seed{{seed}}.tsv"
+        sbio.benchmark_file(
+            RESULTS, "{experiment}", "train", "{model}", "{split}", "{seed}"
+        )
     conda:
         "../../envs/samsbench.yaml"
     threads: 1

@@ -1,4 +1,9 @@
-"""``samsbench`` command line: every workflow step without Snakemake."""
+"""``samsbench`` command line: every workflow step without Snakemake.
+
+Each verb calls the same stage function as the workflow's rule (samsbench.stages). Stage
+modules are imported inside the handlers, so ``samsbench --help`` stays fast; a verb whose
+module cannot be imported fails with that import error, never silently disappears.
+"""
 
 from __future__ import annotations
 
@@ -70,19 +75,29 @@ def json_object(text: str) -> dict:
 
 
 def _simulate(args):
-    from samsbench.data import contract
-    from samsbench.data.simulate import simulate
+    from samsbench.stages import data
 
-    kwargs = args.params or {}
-    contract.write(simulate(seed=args.seed, **kwargs), args.out)
+    data.simulate(args.out, seed=args.seed, **(args.params or {}))
+    return 0
+
+
+def _prepare(args):
+    from samsbench import config as sbconfig
+    from samsbench.stages import data
+
+    cfg = sbconfig.load(args.config)
+    if args.dataset not in cfg["datasets"]:
+        raise ValueError(f"unknown dataset {args.dataset!r}; config defines {sorted(cfg['datasets'])}")
+    block = cfg["datasets"][args.dataset]
+    data.prepare(block, data.required_inputs(block), args.out)
     return 0
 
 
 def _split(args):
-    from samsbench import tasks
+    from samsbench.stages import data
 
-    tasks.make_split(args.data, {"kind": args.kind, "seed": args.seed, "fraction": args.fraction,
-                                 "test_fraction": args.test_fraction}, args.out)
+    data.split(args.data, {"kind": args.kind, "seed": args.seed, "fraction": args.fraction,
+                           "test_fraction": args.test_fraction}, args.out)
     return 0
 
 
@@ -90,96 +105,210 @@ def _train(args):
     import yaml
 
     from samsbench import config as sbconfig
-    from samsbench import tasks
+    from samsbench.stages import train
 
     cfg = sbconfig.load(args.config)
     if args.model not in cfg["models"]:
-        raise SystemExit(f"unknown model {args.model!r}; config.yaml defines {sorted(cfg['models'])}")
+        raise ValueError(f"unknown model {args.model!r}; config.yaml defines {sorted(cfg['models'])}")
     hp = sbconfig.model_hyperparameters(cfg, args.experiment, args.model)
     training = dict(cfg["experiments"][args.experiment]["training"])
     if args.max_steps is not None:
         training["max_steps"] = args.max_steps
-    summary = tasks.train_run(args.data, args.splits, hp, training, args.out, args.seed,
-                              device=args.device)
+    identity = {"experiment": args.experiment, "model": args.model, "family": hp["family"],
+                "split": args.split_name, "dataset": cfg["experiments"][args.experiment]["dataset"]}
+    summary = train.train(args.data, args.splits, hp, training, args.out, args.seed,
+                          device=args.device, identity=identity)
     print(yaml.safe_dump(summary, sort_keys=True))
     return 0
 
 
 def _evaluate(args):
-    from samsbench import tasks
+    from samsbench import io as sbio
+    from samsbench.stages import evaluate
 
     run = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
-           "family": args.family or "", "split": args.split_name, "seed": args.seed}
-    predictions = args.predictions or f"{args.run}/predictions.h5ad"
-    tasks.predict_run(args.data, args.splits, f"{args.run}/model.pt", predictions,
-                      n_particles=args.ate_particles, device=args.device, family=args.family)
-    table = tasks.evaluate_run(run, args.data, args.splits, predictions, f"{args.run}/model.pt",
-                               args.out or f"{args.run}/metrics.tsv",
-                               iwelbo_particles=args.iwelbo_particles, device=args.device)
+           "family": args.family, "split": args.split_name, "seed": args.seed}
+    model = sbio.run_file(args.run, "model")
+    predictions = args.predictions or sbio.run_file(args.run, "predictions")
+    evaluate.predict(args.data, args.splits, model, predictions, n_particles=args.ate_particles,
+                     chunk=args.ate_chunk, device=args.device, family=args.family or None)
+    table = evaluate.score(run, args.data, args.splits, predictions, model,
+                           args.out or sbio.run_file(args.run, "metrics"),
+                           iwelbo_particles=args.iwelbo_particles, device=args.device)
     print(table[["metric", "subset", "value"]].to_string(index=False))
     return 0
 
 
+def _score(args):
+    from samsbench.stages import evaluate
+
+    run = {"model": args.name, "split": args.split_name}
+    table = evaluate.score_external(run, args.data, args.splits, args.predictions, args.out)
+    if args.out is None:
+        table[["metric", "subset", "value"]].to_csv(sys.stdout, sep="\t", index=False)
+    return 0
+
+
+def _download(args):
+    from samsbench.stages import data
+
+    # a DownloadError is a RuntimeError: main() prints it as the verb's error
+    limits = {k: v for k, v in (("deadline", args.deadline), ("min_rate", args.min_rate),
+                                ("rate_window", args.rate_window)) if v is not None}
+    if limits.get("deadline") == 0:
+        limits["deadline"] = None  # 0: no deadline
+    data.download(args.url, args.out, sha256=args.sha256, checksums_tsv=args.checksums,
+                  require_checksum=args.require_checksum, retries=args.retries,
+                  timeout=args.timeout, **limits)
+    return 0
+
+
+def _enrich(args):
+    from samsbench import config as sbconfig
+    from samsbench.stages import enrich
+
+    cfg = sbconfig.load(args.config)
+    tables = enrich.run_from_config(
+        cfg, args.experiment, args.run, args.dataset, args.out,
+        gene_sets=args.gene_sets, threshold=args.threshold, min_set_size=args.min_set_size,
+        recovery_library=args.recovery_library)
+    enr = tables["enrichment"]
+    n_sig = int((enr["fdr"] < 0.05).sum()) if len(enr) else 0
+    print(f"{args.out or args.run}: {len(enr)} enrichment rows ({n_sig} at FDR < 0.05); "
+          "complex recovery:")
+    print(tables["complex_recovery"][["similarity", "auroc", "average_precision"]]
+          .to_string(index=False))
+    return 0
+
+
+def _config_options(p, experiment=True):
+    p.add_argument("--config", default="config.yaml", help="config.yaml to read (validated)")
+    if experiment:
+        p.add_argument("--experiment", default="simulated",
+                       help="experiment of the config whose settings apply (default simulated)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="samsbench", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="samsbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="write the simulated screen as a contract h5ad")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--params", type=json_object, help="JSON object of simulate() arguments")
+    p.add_argument("--out", required=True, help="h5ad to write")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--params", type=json_object, help="JSON object of samsbench.data.simulate.simulate arguments")
     p.set_defaults(func=_simulate)
 
+    p = sub.add_parser("prepare", help="write one dataset of config.yaml as a contract h5ad")
+    _config_options(p, experiment=False)
+    p.add_argument("--dataset", required=True, help="name under datasets: in the config")
+    p.add_argument("--out", required=True, help="h5ad to write")
+    p.set_defaults(func=_prepare)
+
     p = sub.add_parser("split", help="write a split TSV (cell_id, split)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--kind", choices=["random", "ood", "data_efficiency"], default="random")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--fraction", type=fraction, default=1.0)
-    p.add_argument("--test-fraction", type=fraction, default=0.25)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="prepared dataset h5ad")
+    p.add_argument("--kind", choices=["random", "ood", "data_efficiency"], default="random",
+                   help="split kind (default random)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="split seed (default 0)")
+    p.add_argument("--fraction", type=fraction, default=1.0,
+                   help="ood / data_efficiency: fraction of combinations in training (default 1)")
+    p.add_argument("--test-fraction", type=fraction, default=0.25,
+                   help="ood: fraction of combinations held out for test (default 0.25)")
+    p.add_argument("--out", required=True, help="split TSV to write")
     p.set_defaults(func=_split)
 
     p = sub.add_parser("train", help="train one model of config.yaml on one split")
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--experiment", default="simulated")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--splits", required=True)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--max-steps", type=positive_int)
-    p.add_argument("--device", default="auto")
+    _config_options(p)
+    p.add_argument("--model", required=True, help="model name under models: in the config")
+    p.add_argument("--data", required=True, help="prepared dataset h5ad")
+    p.add_argument("--splits", required=True, help="split TSV")
+    p.add_argument("--split-name", default="", help="the split's name, recorded in summary.json")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
+    p.add_argument("--max-steps", type=positive_int, help="override the experiment's max_steps")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="predictions and every metric of a trained run")
     p.add_argument("--run", required=True, help="run directory (holds model.pt)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--splits", required=True)
-    p.add_argument("--predictions")
-    p.add_argument("--out")
-    p.add_argument("--ate-particles", type=positive_int, default=2500)
-    p.add_argument("--iwelbo-particles", type=positive_int, default=100)
-    p.add_argument("--family", default=None,
-                   help="the model's family as written in config.yaml; needed for a plug-in "
-                        "(a checkpoint alone may only name a registered family)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--experiment", default="")
-    p.add_argument("--dataset", default="")
-    p.add_argument("--name", default="")
-    p.add_argument("--split-name", default="")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--data", required=True, help="prepared dataset h5ad")
+    p.add_argument("--splits", required=True, help="split TSV")
+    p.add_argument("--predictions", help="predictions h5ad to write (default: in the run)")
+    p.add_argument("--out", help="metrics TSV to write (default: metrics.tsv in the run)")
+    p.add_argument("--ate-particles", type=positive_int, default=2500,
+                   help="prior draws per perturbation for the predicted means (default 2500)")
+    p.add_argument("--ate-chunk", type=positive_int, default=128,
+                   help="draws per batch when predicting (default 128)")
+    p.add_argument("--iwelbo-particles", type=positive_int, default=100,
+                   help="importance samples per cell for the IWELBO (default 100)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    for name, what in (("experiment", "experiment"), ("dataset", "dataset"),
+                       ("name", "model name"), ("family", "model family"),
+                       ("split-name", "split name")):
+        p.add_argument(f"--{name}", default="", help=f"{what} recorded in the metrics rows")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed recorded in the metrics rows")
     p.set_defaults(func=_evaluate)
 
-    for module, adder in (("samsbench.evaluate", "add_score_parser"),
-                          ("samsbench.data.download", "add_download_parser"),
-                          ("samsbench.enrich", "add_enrich_parser")):
-        try:
-            mod = __import__(module, fromlist=[adder])
-        except ImportError:
-            continue
-        if hasattr(mod, adder):
-            getattr(mod, adder)(sub)
+    p = sub.add_parser(
+        "score", help="score a predictions h5ad (mean log2(CP10k+1) per perturbation)",
+        description="Score predicted mean expression per perturbation against the data ATE. "
+        'The file needs obs["perturbation"] (one row per perturbation, the control '
+        "included), the dataset's genes as var names, and X = predicted mean log2(CP10k + 1).")
+    p.add_argument("--predictions", required=True, help="predictions .h5ad")
+    p.add_argument("--data", required=True, help="prepared dataset .h5ad (raw counts)")
+    p.add_argument("--splits", required=True, help="split TSV (cell_id, split)")
+    p.add_argument("--name", default="external", help="model name recorded in the rows")
+    p.add_argument("--split-name", default="", help="split name recorded in the rows")
+    p.add_argument("--out", default=None, help="metrics TSV to write (default: stdout)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "download", help="download a file with retries, format and checksum checks",
+        description="Download one file: mirrors tried in order, streamed to a temporary file "
+        "and renamed only when the format and the sha256 check pass.")
+    p.add_argument("--url", action="append", required=True, help="source URL; repeat for mirrors")
+    p.add_argument("--out", required=True, help="destination path")
+    p.add_argument("--sha256", default=None, help="expected sha256 (hex)")
+    p.add_argument("--checksums", default=None, metavar="TSV",
+                   help="checksums manifest to read the expected sha256 from and to record it "
+                   "in when unknown (for example data/checksums.tsv)")
+    p.add_argument("--require-checksum", action="store_true", help="fail when no sha256 is known")
+    p.add_argument("--retries", type=non_negative_int, default=4, help="retries per URL (default 4)")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="socket timeout in seconds (default 60)")
+    # defaults live in samsbench.data.download (not imported here: --help stays fast)
+    p.add_argument("--deadline", type=non_negative_float,
+                   help="give up after this many seconds in all (default 86400; 0: none)")
+    p.add_argument("--min-rate", type=non_negative_float,
+                   help="drop a transfer slower than this many bytes/s (default 1024)")
+    p.add_argument("--rate-window", type=positive_float,
+                   help="seconds over which --min-rate is measured (default 120)")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser(
+        "enrich", help="gene-set enrichment of learned masks and complex recovery of a run",
+        description="Over-representation of each latent dimension's active perturbations "
+        "against gene-set libraries, and complex recovery, for one trained run: the workflow's "
+        "enrich_run step. Settings come from the experiment's enrichment: block; an option "
+        "given here overrides that setting.")
+    _config_options(p)
+    p.add_argument("--run", required=True, help="run directory (holds summary.json and latents)")
+    p.add_argument("--dataset", required=True,
+                   help="the prepared h5ad (serves the 'pathways' and 'programs' libraries)")
+    p.add_argument("--gene-sets", nargs="+", metavar="NAME|PATH",
+                   help="libraries (config gene_sets names or GMT files) to test "
+                   "(default: the experiment's enrichment.gene_sets)")
+    p.add_argument("--threshold", type=fraction,
+                   help="mask probability above which a perturbation is active "
+                   "(default: enrichment.threshold)")
+    p.add_argument("--min-set-size", type=positive_int,
+                   help="skip sets with fewer genes in the background (default: enrichment)")
+    p.add_argument("--recovery-library", metavar="NAME|PATH",
+                   help="library labelling pairs; 'auto' = pathways, else programs, else "
+                   "KEGG_2021_Human (default: enrichment.recovery_library)")
+    p.add_argument("--out", help="output directory (default: the run directory)")
+    p.set_defaults(func=_enrich)
     return parser
 
 

@@ -16,6 +16,8 @@ import re
 import jsonschema
 import yaml
 
+from samsbench import io as sbio
+
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
 
 
@@ -213,7 +215,8 @@ def runs(config: dict, experiment: str) -> list[dict]:
                 out.append({
                     "experiment": experiment, "model": model, "family": family,
                     "split": split, "seed": int(seed), "dataset": exp["dataset"],
-                    "dir": f"{config.get('results', 'results')}/{experiment}/runs/{model}/{split}/seed{seed}",
+                    "dir": sbio.run_dir(config.get("results", "results"), experiment, model,
+                                        split, seed),
                 })
     return out
 

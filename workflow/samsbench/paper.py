@@ -1,6 +1,5 @@
-"""The paper's selection and aggregation rules, as tables (pandas only; figures: plots_paper).
-
-Follows reference/data_and_evaluation.md §5.5-6:
+"""The paper's selection and aggregation rules, as tables (pandas only; figures: plots.paper,
+files: stages.figures). Follows the reference implementation's result tables:
 
 * one row per run with its settings and metrics (the reference's results CSV);
 * mean, sd (ddof 1) and count over seeds (split seeds on Norman, training seeds on Replogle);
@@ -14,9 +13,6 @@ Follows reference/data_and_evaluation.md §5.5-6:
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -302,45 +298,3 @@ def layer_display(layers: pd.DataFrame, chosen: dict, family_labels: dict) -> pd
     layer_cols = sorted([c for c in out if c.startswith("n_layers=")],
                         key=lambda c: int(c.split("=")[1]))
     return out[["model", "encoding"] + layer_cols].fillna("–") if len(out) else out
-
-
-# ----------------------------------------------------------------------------- runtime
-
-
-def runtime_table(run_settings: list[dict], benchmark_root: str,
-                  steps=("train", "evaluate")) -> pd.DataFrame:
-    """Per model family: runs, training wall time (mean and total hours), steps per second
-    and peak memory, from each run's summary.json and the train/evaluate benchmark files."""
-    rows = []
-    for run in run_settings:
-        row = {"family": run["family"], "model": run["model"]}
-        summary_path = os.path.join(run["dir"], "summary.json")
-        if os.path.exists(summary_path):
-            with open(summary_path) as fh:
-                summary = json.load(fh)
-            row["steps"] = summary.get("steps")
-            row["steps_per_second"] = summary.get("timing", {}).get("steps_per_second")
-        for step in steps:
-            path = os.path.join(benchmark_root, step, run["model"], run["split"],
-                                f"seed{run['seed']}.tsv")
-            for found in glob.glob(path):
-                bench = pd.read_csv(found, sep="\t")
-                row[f"{step}_seconds"] = float(bench["s"].iloc[0])
-                if "max_rss" in bench:
-                    row[f"{step}_max_rss_mb"] = pd.to_numeric(bench["max_rss"], errors="coerce").iloc[0]
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    columns = ["steps", "steps_per_second"] + [f"{s}_{c}" for s in steps
-                                               for c in ("seconds", "max_rss_mb")]
-    for column in columns:
-        if column not in frame:
-            frame[column] = np.nan
-    aggregations = {"runs": ("model", "size"), "steps": ("steps", "median"),
-                    "steps_per_second": ("steps_per_second", "mean")}
-    for step in steps:
-        aggregations[f"{step}_seconds_mean"] = (f"{step}_seconds", "mean")
-        aggregations[f"{step}_hours_total"] = (f"{step}_seconds",
-                                               lambda s: s.sum(min_count=1) / 3600)
-        aggregations[f"{step}_max_rss_mb"] = (f"{step}_max_rss_mb", "max")
-    out = frame.groupby("family", sort=False).agg(**aggregations).reset_index()
-    return sort_families(out).reset_index(drop=True)

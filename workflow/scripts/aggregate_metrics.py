@@ -5,6 +5,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import tasks  # noqa: E402
+from samsbench.stages import evaluate  # noqa: E402
 
-tasks.aggregate(list(snakemake.input), snakemake.output[0])
+evaluate.aggregate(list(snakemake.input), snakemake.output[0])

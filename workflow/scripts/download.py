@@ -5,10 +5,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench.data.download import download  # noqa: E402
+from samsbench.stages import data  # noqa: E402
 
 source = snakemake.params.source
-download(
+data.download(
     source["urls"],
     snakemake.output[0],
     sha256=source.get("sha256"),

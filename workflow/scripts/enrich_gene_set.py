@@ -1,19 +1,15 @@
-"""Rule enrich_gene_set: write one gene-set library as a normalised GMT for an experiment."""
-
-import logging
+import os
 import sys
 
-from samsbench import enrich
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
 
-sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-)
+_log.setup(snakemake)
+from samsbench.stages import enrich  # noqa: E402
 
-n = enrich.materialise(
-    snakemake.wildcards.library,  # noqa: F821
-    snakemake.params.gene_sets,  # noqa: F821
-    snakemake.input.dataset,  # noqa: F821
-    snakemake.output.gmt,  # noqa: F821
+enrich.materialise(
+    snakemake.wildcards.library,
+    snakemake.params.gene_sets,
+    snakemake.input.dataset,
+    snakemake.output.gmt,
 )
-logging.info("%s: %d gene sets -> %s", snakemake.wildcards.library, n, snakemake.output.gmt)  # noqa: F821

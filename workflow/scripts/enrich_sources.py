@@ -1,18 +1,10 @@
-"""Rule enrich_sources: the gene-set libraries an experiment used, with versions and licences."""
-
-import logging
+import os
 import sys
-from pathlib import Path
 
-from samsbench import enrich
+sys.path.insert(0, os.path.dirname(__file__))
+import _log  # noqa: E402
 
-sm = snakemake  # noqa: F821 (snakemake is injected)
-sys.stderr = open(sm.log[0], "w")
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-)
+_log.setup(snakemake)
+from samsbench.stages import enrich  # noqa: E402
 
-gmts = {Path(p).name[: -len(".gmt")]: p for p in sm.input.gmts}
-table = enrich.sources_table(gmts, sm.params.gene_sets)
-enrich.write_tsv(table, sm.output.table)
-logging.info("%d libraries -> %s", len(table), sm.output.table)
+enrich.sources(list(snakemake.input.gmts), snakemake.params.gene_sets, snakemake.output.table)

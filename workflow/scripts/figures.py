@@ -5,9 +5,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import plots  # noqa: E402
+from samsbench.stages import figures  # noqa: E402
 
-plots.experiment_figures(
+figures.experiment(
     metrics_path=snakemake.input.metrics,
     runs=list(snakemake.params.runs),
     outputs=dict(snakemake.output.items()),

@@ -5,6 +5,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import tasks  # noqa: E402
+from samsbench.stages import data  # noqa: E402
 
-tasks.make_split(snakemake.input[0], dict(snakemake.params.split), snakemake.output[0])
+data.split(snakemake.input[0], dict(snakemake.params.split), snakemake.output[0])

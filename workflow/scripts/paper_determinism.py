@@ -5,8 +5,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import plots_paper  # noqa: E402
+from samsbench.stages import figures  # noqa: E402
 
-plots_paper.build_determinism(
+figures.paper_determinism(
     snakemake.input.this, snakemake.input.other, snakemake.output.tsv, snakemake.output.png
 )

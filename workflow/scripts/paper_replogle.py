@@ -5,9 +5,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import plots_paper  # noqa: E402
+from samsbench.stages import figures  # noqa: E402
 
-plots_paper.build_replogle(
+figures.paper_replogle(
     metrics_path=snakemake.input.metrics,
     settings=list(snakemake.params.settings),
     options=dict(snakemake.params.options),

@@ -5,6 +5,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench.data.prepare import prepare_dataset  # noqa: E402
+from samsbench.stages import data  # noqa: E402
 
-prepare_dataset(dict(snakemake.params.dataset), list(snakemake.input), snakemake.output[0])
+data.prepare(dict(snakemake.params.dataset), list(snakemake.input), snakemake.output[0])

@@ -5,9 +5,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _log  # noqa: E402
 
 _log.setup(snakemake)
-from samsbench import tasks  # noqa: E402
+from samsbench.stages import evaluate  # noqa: E402
 
-tasks.score_external(
+evaluate.score_external(
     dict(snakemake.params.run),
     snakemake.input.data,
     snakemake.input.split,

@@ -7,10 +7,10 @@ import _log  # noqa: E402
 _log.setup(snakemake)
 import torch  # noqa: E402
 
-from samsbench import tasks  # noqa: E402
+from samsbench.stages import train  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
-tasks.train_run(
+train.train(
     snakemake.input.data,
     snakemake.input.split,
     dict(snakemake.params.hp),

@@ -1,4 +1,4 @@
-"""The AnnData contract that every step after "prepare" reads (see DESIGN.md).
+"""The AnnData contract that every step after "prepare" reads (see docs/architecture.md).
 
 A prepared file has raw integer counts in X, a string ``obs["perturbation"]``, unique gene
 symbols as var names and a control label in ``uns["control_label"]``; combinations join their
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from samsbench import io as sbio
 from samsbench.labels import COMBINATION_SEP, components  # noqa: F401 (re-exported)
 
 PERTURBATION_KEY = "perturbation"
@@ -238,16 +239,4 @@ def read(path: str | os.PathLike, check: bool = True) -> ad.AnnData:
 def write(adata: ad.AnnData, path: str | os.PathLike) -> None:
     """Validate, then write atomically (temporary file + rename)."""
     validate(adata)
-    write_h5ad_atomic(adata, path)
-
-
-def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.h5ad"
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    sbio.write_h5ad(adata, path)

@@ -15,11 +15,13 @@ every few seconds is dropped). Temporary ``.<name>.*.part`` files are locked whi
 unlocked ones left by a killed run are removed at the next start, and SIGTERM removes the
 current one. An existing file that no checksum can verify is kept until its replacement
 passed every check.
+
+Over 400 lines because the transfer, its fault handling (retries, resume, rate and deadline)
+and the checksum manifest belong together and are read as one piece.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import fcntl
@@ -538,74 +540,3 @@ def download(
         log.warning("no checksum known for %s and none recorded: sha256 %s, size %d bytes",
                     name, got_sha, size)
     return out
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_download_parser(subparsers) -> argparse.ArgumentParser:
-    from samsbench.cli import non_negative_float, non_negative_int, positive_float
-
-    parser = subparsers.add_parser(
-        "download",
-        help="download a file with retries, format and checksum checks",
-        description="Download one file: mirrors tried in order, streamed to a temporary file "
-        "and renamed only when the format and the sha256 check pass.",
-    )
-    parser.add_argument(
-        "--url", action="append", required=True, help="source URL; repeat for mirrors"
-    )
-    parser.add_argument("--out", required=True, help="destination path")
-    parser.add_argument("--sha256", default=None, help="expected sha256 (hex)")
-    parser.add_argument(
-        "--checksums",
-        default=None,
-        metavar="TSV",
-        help="checksums manifest to read the expected sha256 from and to record it in "
-        f"when unknown (for example {DEFAULT_CHECKSUMS})",
-    )
-    parser.add_argument(
-        "--require-checksum", action="store_true", help="fail when no sha256 is known"
-    )
-    parser.add_argument(
-        "--retries", type=non_negative_int, default=4, help="retries per URL (default 4)"
-    )
-    parser.add_argument(
-        "--timeout", type=positive_float, default=60.0,
-        help="socket timeout in seconds (default 60)",
-    )
-    parser.add_argument(
-        "--deadline", type=non_negative_float, default=DEFAULT_DEADLINE,
-        help=f"give up after this many seconds in all (default {DEFAULT_DEADLINE:g}; 0: none)",
-    )
-    parser.add_argument(
-        "--min-rate", type=non_negative_float, default=DEFAULT_MIN_RATE,
-        help=f"drop a transfer slower than this many bytes/s (default {DEFAULT_MIN_RATE:g})",
-    )
-    parser.add_argument(
-        "--rate-window", type=positive_float, default=DEFAULT_RATE_WINDOW,
-        help=f"seconds over which --min-rate is measured (default {DEFAULT_RATE_WINDOW:g})",
-    )
-    parser.set_defaults(func=run_download)
-    return parser
-
-
-def run_download(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        download(
-            args.url,
-            args.out,
-            sha256=args.sha256,
-            checksums_tsv=args.checksums,
-            require_checksum=args.require_checksum,
-            retries=args.retries,
-            timeout=args.timeout,
-            deadline=args.deadline or None,
-            min_rate=args.min_rate,
-            rate_window=args.rate_window,
-        )
-    except DownloadError as err:
-        raise SystemExit(f"samsbench download: {err}") from None
-    return 0

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from samsbench import io as sbio
 from samsbench.data.contract import COMBINATION_SEP, canonical, components
 
 SPLIT_NAMES = ("train", "val", "test", "unused")
@@ -140,11 +141,7 @@ def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
 
 def write_split(cell_ids, labels, path: str | os.PathLike) -> None:
     frame = pd.DataFrame({"cell_id": np.asarray(cell_ids, dtype=str), "split": labels})
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    frame.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    sbio.write_tsv(frame, path)
 
 
 def read_split(path: str | os.PathLike, cell_ids=None) -> np.ndarray:

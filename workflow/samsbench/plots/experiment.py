@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
@@ -46,17 +45,7 @@ def model_palette(models: pd.DataFrame) -> dict:
     return palette
 
 
-def save(fig, path: str, dpi: int = 120) -> None:
-    """Write a figure atomically (temporary file, then rename) and close it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, path: str,
-                title: str) -> None:
+def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, title: str):
     table = metrics[metrics["metric"].isin(names) & (metrics["subset"] == subset)]
     palette = model_palette(metrics)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
@@ -76,14 +65,13 @@ def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, path: str,
                title="model")
     fig.suptitle(title)
     fig.tight_layout()
-    save(fig, path)
+    return fig
 
 
-def training_curves(runs: list[dict], path: str) -> None:
+def training_curves(runs: list[dict], histories: list[pd.DataFrame]):
+    """Validation loss per step, one panel per split; ``histories`` match ``runs``."""
     frames = []
-    for run in runs:
-        hist_path = os.path.join(run["dir"], "history.tsv")
-        hist = pd.read_csv(hist_path, sep="\t") if os.path.exists(hist_path) else pd.DataFrame()
+    for run, hist in zip(runs, histories):
         if len(hist):
             hist = hist.assign(model=run["model"], family=run["family"], split=run["split"],
                                seed=run["seed"])
@@ -102,13 +90,4 @@ def training_curves(runs: list[dict], path: str) -> None:
             ax.set_ylabel("validation loss (negative ELBO per cell)")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    save(fig, path)
-
-
-def experiment_figures(metrics_path: str, runs: list[dict], outputs: dict) -> None:
-    metrics = pd.read_csv(metrics_path, sep="\t")
-    metric_bars(metrics, ["ate_pearson", "ate_r2", "ate_pearson_top20"], "test", outputs["ate"],
-                "Average treatment effects on the test perturbations")
-    metric_bars(metrics, ["test_iwelbo", "val_iwelbo"], "test",
-                outputs["iwelbo"], "Held-out IWELBO (higher is better)")
-    training_curves(runs, outputs["curves"])
+    return fig

@@ -1,4 +1,4 @@
-"""SAMS-VAE mask recovery on data like the reference's own simulator (models.md §8.1).
+"""SAMS-VAE mask recovery on data like the reference repository's own simulator.
 
 The reference draws masks ~ Bernoulli(2/15), effects of magnitude N(5, 0.5) with random signs,
 K = 15 latent dims, T = 100 perturbations, G = 100 genes, a 4 x 50 LeakyReLU(0.2) decoder with
@@ -6,7 +6,7 @@ orthogonal weights, genes scaled to unit variance and Gaussian noise carrying 20
 variance. We follow it, except that (a) fewer cells per perturbation are drawn (CPU budget) and
 (b) 500 unperturbed control cells are added, because our data contract has controls (the
 reference has none and uses perturbation "0" as the control). Models use the normal likelihood
-and standardised encoder input, as models.md §8 prescribes for these data.
+and standardised encoder input, as the reference uses for these data.
 
 Usage: python bench/reference_simulation.py STEPS '{json model overrides}' [cells_per_pert]
 Prints precision / recall / F1 of q(mask) > 0.5 after Hungarian matching, the AUROC of q(mask)
@@ -28,7 +28,7 @@ import torch
 from samsbench import inference
 from samsbench import models as registry
 from samsbench.data.tensors import PerturbationData
-from samsbench.recovery import mask_stats
+from samsbench.enrichment.recovery import mask_stats
 
 CONTROL = "non-targeting"
 
@@ -109,7 +109,15 @@ def run(steps: int, overrides: dict, n_train: int = 200, seed: int = 0) -> dict:
 
 
 if __name__ == "__main__":
-    result = run(int(sys.argv[1]), json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
-                 int(sys.argv[3]) if len(sys.argv) > 3 else 200)
-    print(sys.argv[1:], {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()},
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", type=int, help="training steps")
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help="JSON object of model hyperparameter overrides")
+    parser.add_argument("--n-train", type=int, default=200,
+                        help="cells drawn per perturbation (default 200)")
+    args = parser.parse_args()
+    result = run(args.steps, args.overrides, args.n_train)
+    print(vars(args), {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()},
           flush=True)

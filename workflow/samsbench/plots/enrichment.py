@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import matplotlib
 
@@ -21,25 +19,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from samsbench.enrich import _norm  # noqa: E402
+from samsbench.enrichment.gene_sets import normalise  # noqa: E402
 
 MAX_LABELLED_ROWS = 80  # beyond this, row labels are unreadable; only set names are shown
 
 
-def _save(fig, out: str | os.PathLike) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _empty(out, message: str, title: str = "") -> None:
+def _empty(message: str, title: str = ""):
     """A figure that says why there is nothing to show (the workflow still needs the file)."""
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     if title:
         ax.set_title(title)
-    _save(fig, out)
+    return fig
 
 
 def grouped_rows(targets: pd.Series, sets: Mapping[str, Iterable[str]], max_sets: int = 8):
@@ -51,7 +43,7 @@ def grouped_rows(targets: pd.Series, sets: Mapping[str, Iterable[str]], max_sets
     single = {lab: t[0] for lab, t in targets.items() if len(t) == 1}
     groups = []
     for name, genes in sets.items():
-        genes = {_norm(g) for g in genes}
+        genes = {normalise(g) for g in genes}
         members = sorted((g, lab) for lab, g in single.items() if g in genes)
         if members:
             groups.append((str(name), [lab for _, lab in members]))
@@ -102,11 +94,10 @@ def _heatmap_panel(
 def mask_heatmaps(
     panels: list[tuple[str, pd.DataFrame, pd.Series]],
     sets: Mapping[str, Iterable[str]],
-    out: str | os.PathLike,
     library: str = "",
     max_sets: int = 8,
     order_dims: bool = True,
-) -> None:
+):
     """One heatmap per (title, mask_prob perturbations × dims, targets) panel, side by side.
 
     Latent dims are reordered per panel (by the set they are most active in): learned dims
@@ -115,12 +106,10 @@ def mask_heatmaps(
     usable = [(t, m, tg, grouped_rows(tg, sets, max_sets)) for t, m, tg in panels]
     usable = [p for p in usable if p[3]]
     if not usable:
-        _empty(
-            out,
+        return _empty(
             f"no model with masks, or no perturbation in a {library or 'gene'} set",
             "mask probabilities grouped by gene set",
         )
-        return
     n_rows = max(sum(len(m) for _, m in p[3]) for p in usable)
     same_rows = all(p[3] == usable[0][3] for p in usable)
     fig, axes = plt.subplots(
@@ -145,17 +134,16 @@ def mask_heatmaps(
         bar.ax.tick_params(labelsize=6)
         bar.ax.set_title(title, fontsize=9)
     fig.suptitle(f"Mask probabilities, perturbations grouped by {library or 'gene set'}")
-    _save(fig, out)
+    return fig
 
 
 def top_terms_dotplot(
     table: pd.DataFrame,
-    out: str | os.PathLike,
     library: str = "",
     alpha: float = 0.05,
     per_dim: int = 2,
     max_terms: int = 40,
-) -> None:
+):
     """Top enriched terms per latent dim: one facet per run, size = overlap, colour = -log10 FDR.
 
     ``table``: enrichment rows of one library (one facet per model/split/seed in it, so a model
@@ -165,8 +153,7 @@ def top_terms_dotplot(
     title = f"Top enriched terms per latent dimension (FDR < {alpha})"
     sig = table[table["fdr"] < alpha] if len(table) else table
     if len(sig) == 0:
-        _empty(out, f"no term at FDR < {alpha} in {library or 'this library'}", title)
-        return
+        return _empty(f"no term at FDR < {alpha} in {library or 'this library'}", title)
     keys = ["model", "split", "seed"]
     runs = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     sig = sig.sort_values(["pvalue", "term"]).groupby(keys + ["latent_dim"]).head(per_dim)
@@ -241,17 +228,16 @@ def top_terms_dotplot(
         frameon=False,
     )
     fig.suptitle(title)
-    _save(fig, out)
+    return fig
 
 
-def complex_recovery_plot(table: pd.DataFrame, out: str | os.PathLike) -> None:
+def complex_recovery_plot(table: pd.DataFrame):
     """AUROC and average precision per model and similarity; points are seeds' mean ± sd."""
     import seaborn as sns
 
     data = table.dropna(subset=["auroc"]) if len(table) else table
     if len(data) == 0:
-        _empty(out, "no complex-recovery score (no annotated pairs)", "complex recovery")
-        return
+        return _empty("no complex-recovery score (no annotated pairs)", "complex recovery")
     hue_order = [
         h
         for h in ("mask_jaccard", "embedding_cosine", "effect_pearson")
@@ -303,4 +289,4 @@ def complex_recovery_plot(table: pd.DataFrame, out: str | os.PathLike) -> None:
             elif ax.get_legend() is not None:
                 ax.get_legend().remove()
     fig.tight_layout()
-    _save(fig, out)
+    return fig

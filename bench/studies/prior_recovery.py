@@ -1,7 +1,7 @@
 """SAMS-VAE on data drawn from its own prior: mask recovery and two diagnostics of why it falls
 short (docs/mask_recovery.md).
 
-Data: `samsbench.recovery.PRIOR_MATCHED_DATA` (drawn from the model's prior: 48 single
+Data: `tests/helpers.py: PRIOR_MATCHED_DATA` (drawn from the model's prior: 48 single
 perturbations, K = 12, masks ~ Bernoulli(0.15), embeddings ~ N(0, 2), 150 cells each),
 random split. Model: the prior-matched SAMS-VAE of
 tests/test_recovery.py (mask prior 0.15, embedding prior scale 2, K = 12).
@@ -27,10 +27,15 @@ import tempfile
 import numpy as np
 import torch
 
-from samsbench import inference, tasks
+from samsbench import inference
+from samsbench.stages import train as train_stage
 from samsbench.data import contract, splits
 from samsbench.data.simulate import simulate
-from samsbench.recovery import PRIOR_MATCHED_DATA, mask_stats
+from samsbench.enrichment.recovery import mask_stats
+
+# the data design is the test suite's (tests/helpers.py), so test and study share it
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+from helpers import PRIOR_MATCHED_DATA  # noqa: E402
 
 MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=64,
              decoder_n_hidden=64, embedding_encoder_n_layers=2, embedding_encoder_n_hidden=32, mask_prior_prob=0.15,
@@ -49,7 +54,7 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
     training = {"max_steps": steps, "batch_size": 128, "lr": lr, "val_every": 100,
                 "iwelbo_particles": 20, **training_overrides}
     run_dir = os.path.join(work, "run")
-    summary = tasks.train_run(data_path, split_path, {**MODEL, **model_overrides}, training,
+    summary = train_stage.train(data_path, split_path, {**MODEL, **model_overrides}, training,
                               run_dir, 0, progress=False)
     model, record = inference.load_model(os.path.join(run_dir, "model.pt"))
     sim = adata.uns["simulation"]
@@ -63,7 +68,7 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
         coef, *_ = np.linalg.lstsq(true_shift, learned, rcond=None)
         stats["shift_r2"] = 1 - (learned - true_shift @ coef).var() / learned.var()
         stats["alignment"] = float((np.abs(coef) / np.linalg.norm(coef, axis=0)).max(0).mean())
-        data = tasks.load_data(data_path, split_path)
+        data = train_stage.load_data(data_path, split_path)
         shift = data.dosage(data.codes).apply(mean_shift)
         basal = model.local_posterior(model.normalize(data.X), shift).loc.numpy()
     cell_labels = adata.obs["perturbation"].to_numpy()
@@ -77,8 +82,14 @@ def main(steps: int, lr: float, model_overrides: dict, data_overrides: dict,
 
 
 if __name__ == "__main__":
-    out = main(int(sys.argv[1]), float(sys.argv[2]),
-               json.loads(sys.argv[3]) if len(sys.argv) > 3 else {},
-               json.loads(sys.argv[4]) if len(sys.argv) > 4 else {},
-               json.loads(sys.argv[5]) if len(sys.argv) > 5 else {})
-    print(sys.argv[1:], {k: round(float(v), 3) for k, v in out.items()}, flush=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", type=int, help="training steps")
+    parser.add_argument("lr", type=float, help="learning rate")
+    for name in ("model", "data", "training"):
+        parser.add_argument(f"--{name}", type=json.loads, default={},
+                            help=f"JSON object of {name} overrides")
+    args = parser.parse_args()
+    out = main(args.steps, args.lr, args.model, args.data, args.training)
+    print(vars(args), {k: round(float(v), 3) for k, v in out.items()}, flush=True)

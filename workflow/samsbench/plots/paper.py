@@ -1,11 +1,10 @@
-"""The paper's figures and rendered tables (reference/data_and_evaluation.md §6).
+"""The paper's figures and rendered tables (the reference's figures; stages.figures writes them).
 
-Colours come from plots.FAMILY_COLOURS, so a model has the same colour in every figure.
+Colours come from plots.experiment.FAMILY_COLOURS, so a model has the same colour in every figure.
 """
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import matplotlib
@@ -17,8 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import CenteredNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from samsbench import paper, plots  # noqa: E402
-from samsbench.plots import FAMILY_COLOURS, FAMILY_LABELS  # noqa: E402
+from samsbench import paper  # noqa: E402
+from samsbench.plots.experiment import FAMILY_COLOURS, FAMILY_LABELS  # noqa: E402
 
 # The bar plots' display names (reference §6): the paper's SAMS-VAE is the correlated guide.
 BAR_LABELS = {"sams_vae": "SAMS-VAE", "cpa_vae": "CPA-VAE", "conditional_vae": "Conditional VAE",
@@ -36,10 +35,6 @@ def colour(family: str):
     return FAMILY_COLOURS.get(family, "#444444")
 
 
-def save(fig, path: str) -> None:
-    plots.save(fig, path, dpi=130)
-
-
 def _no_data(ax, text="no runs with this metric"):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
@@ -52,8 +47,7 @@ def _fraction_ticks(ax, fractions):
 # ----------------------------------------------------------------------------- Norman
 
 
-def norman_bars(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title: str,
-                path: str) -> None:
+def norman_bars(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title: str):
     """Grouped bars per fraction, one bar per model (SAMS-VAE, CPA-VAE, Conditional VAE,
     SVAE+), error bars ±1 sd over split seeds, a black line at 0, legend outside right."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -80,11 +74,11 @@ def norman_bars(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="model")
     if not drawn:
         _no_data(ax)
-    save(fig, path)
+    return fig
 
 
 def norman_lines(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, title: str,
-                 path: str, band: bool = True) -> None:
+                 band: bool = True):
     """Mean over split seeds against the fraction, one line per model, ±1 sd band."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     drawn = False
@@ -110,13 +104,13 @@ def norman_lines(rows: pd.DataFrame, metric: str, ylabel: str, xlabel: str, titl
         ax.set_xticklabels([f"{f:g}" for f in fractions])
     else:
         _no_data(ax)
-    save(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def table_png(frame: pd.DataFrame, path: str, title: str, note: str = "") -> None:
+def table_figure(frame: pd.DataFrame, title: str, note: str = ""):
     """A table rendered as an image (for the report and slides); the TSV is the data."""
     row_h, title_h, note_h = 0.24, 0.45, (0.3 if note else 0.05)
     n_rows = max(len(frame), 1)
@@ -147,17 +141,13 @@ def table_png(frame: pd.DataFrame, path: str, title: str, note: str = "") -> Non
     if note:
         fig.text(0.005, 0.5 * note_h / fig_h, note, fontsize=7.5, color="#444444",
                  va="center")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=130)  # no tight bbox: the layout above is already exact
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig  # no tight bbox when saved: the layout above is already exact
 
 
 # ----------------------------------------------------------------------------- Replogle
 
 
-def training_curves(curves: list[tuple[str, str, pd.DataFrame]], path: str) -> None:
+def training_curves(curves: list[tuple[str, str, pd.DataFrame]]):
     """Training and validation loss (negative ELBO per cell) against step, one line per model
     (its figure run). ``curves``: (family, title, history) tuples."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
@@ -181,7 +171,7 @@ def training_curves(curves: list[tuple[str, str, pd.DataFrame]], path: str) -> N
     if drawn:
         axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
                        title="model (figure run)", fontsize=8)
-    save(fig, path)
+    return fig
 
 
 def _robust_limits(ax):
@@ -208,7 +198,7 @@ def pathway_order(perturbations: list[str], pathways: dict) -> tuple[list[int], 
     return rows, groups
 
 
-def latent_heatmaps(panels: list[dict], layer: str, path: str, pathways: dict | None,
+def latent_heatmaps(panels: list[dict], layer: str, pathways: dict | None,
                     title: str) -> None:
     """One heatmap per model of a per-perturbation latent (rows) × latent dimension.
 
@@ -261,145 +251,4 @@ def latent_heatmaps(panels: list[dict], layer: str, path: str, pathways: dict | 
         axes[0][0].set_axis_off()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    save(fig, path)
-
-
-# ----------------------------------------------------------------------------- whole sets
-
-XLABELS = {"norman_ood": "Fraction of Combinations in Training Set",
-           "norman_data_efficiency": "Fraction of Combination Cells in Training Set"}
-HELD_OUT = {"norman_ood": "Held Out Combinations", "norman_data_efficiency": "Test Combinations"}
-
-
-def write_tsv(frame: pd.DataFrame, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    frame.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
-    os.replace(tmp, path)
-
-
-def build_norman(metrics_path: str, settings: list[dict], options: dict, outputs: dict,
-                 benchmark_root: str) -> pd.DataFrame:
-    """Every table and figure of one Norman experiment (reference §6.1/6.2)."""
-    kind = options["kind"]
-    metrics = pd.read_csv(metrics_path, sep="\t")
-    runs = paper.add_relative_iwelbo(paper.run_table(metrics, settings))
-    write_tsv(runs, outputs["runs"])
-
-    layers = paper.layer_table(runs)
-    chosen = paper.choose_layers(layers, options.get("n_layers", 1))
-    layers["selected"] = [chosen.get((f, e)) == n for f, e, n in
-                          zip(layers["family"], layers["encoding"], layers["n_layers"])]
-    write_tsv(layers, outputs["layers_tsv"])
-    table_png(paper.layer_display(layers, chosen, FAMILY_LABELS), outputs["layers_png"],
-              f"Validation IWELBO by n_layers at fraction {paper.largest_fraction(runs):g} "
-              "(mean ± sd over split seeds)", note="* n_layers used in the main table and figures")
-
-    main = paper.norman_main_table(runs, chosen)
-    write_tsv(main, outputs["main_tsv"])
-    shown = main.assign(model=[label(f) for f in main["family"]])
-    table_png(paper.display_table(shown, paper.NORMAN_METRICS,
-                                  ["encoding", "model", "fraction", "n_layers"], {}),
-              outputs["main_png"], "Mean ± sd over split seeds (non-mean-field encoder)")
-
-    rows = paper.figure_rows(main)
-    xlabel, held = XLABELS[kind], HELD_OUT[kind]
-    norman_bars(rows, "test_iwelbo_relative", f"Relative IWELBO ({held})", xlabel,
-                "Test IWELBO relative to SAMS-VAE at fraction 0", outputs["bars_iwelbo"])
-    norman_bars(rows, "ate_pearson_test",
-                f"Predicted Average Treatment Effect Correlation ({held})", xlabel,
-                "ATE Pearson r on the test perturbations", outputs["bars_ate"])
-    lines = [
-        ("lines_relative_iwelbo", "test_iwelbo_relative", f"Relative IWELBO ({held})", True),
-        ("lines_ate", "ate_pearson_test", f"ATE Pearson r ({held})", True),
-        ("lines_ate_top20", "ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
-         True),
-        ("lines_iwelbo", "test_iwelbo", f"Test IWELBO ({held})", False),
-        ("lines_iwelbo_band", "test_iwelbo", f"Test IWELBO ({held})", True),
-    ]
-    for key, metric, ylabel, band in lines:
-        norman_lines(rows, metric, ylabel, xlabel, ylabel + (" ± sd" if band else ""),
-                     outputs[key], band=band)
-    _runtime(settings, benchmark_root, outputs)
-    return runs
-
-
-def build_replogle(metrics_path: str, settings: list[dict], options: dict, outputs: dict,
-                   benchmark_root: str, data_path: str) -> pd.DataFrame:
-    """The Replogle tables (settings ranked by validation IWELBO; the model table), training
-    curves and latent heatmaps of each model's figure run (reference §6.3)."""
-    import anndata as ad
-
-    metrics = pd.read_csv(metrics_path, sep="\t")
-    runs = paper.run_table(metrics, settings)
-    write_tsv(runs, outputs["runs"])
-    ranked = paper.replogle_settings(runs, int(options.get("n_latent", 100)))
-    write_tsv(ranked, outputs["settings_tsv"])
-    shown = ranked.assign(model=[label(f) for f in ranked["family"]],
-                          best=ranked["best_for_model"].map({True: "*", False: ""}))
-    table_png(paper.display_table(shown, paper.REPLOGLE_METRICS,
-                                  ["model", "setting", "n_latent", "best"], {}),
-              outputs["settings_png"],
-              "Settings ranked by mean validation IWELBO (mean ± sd over training seeds)",
-              note="* best setting of each model (used in the model table and figures)")
-    models = paper.replogle_models(runs, ranked)
-    write_tsv(models, outputs["models_tsv"])
-    shown = models.assign(model=[label(f) for f in models["family"]])
-    table_png(paper.display_table(shown, ["test_iwelbo", "ate_pearson_all", "val_iwelbo"],
-                                  ["model", "setting", "n_latent", "figure_seed"],
-                                  {"figure_seed": "figure seed"}),
-              outputs["models_png"], "Replogle: test IWELBO and ATE Pearson r "
-              "(mean ± sd over training seeds, best setting per model)")
-
-    curves, panels = [], []
-    for _, row in models.iterrows():
-        setting = "" if row["setting"] == "–" else f"{row['setting']}, "
-        name = f"{label(row['family'])}\n{setting}seed {row['figure_seed']}"
-        hist_path = os.path.join(row["figure_run"], "history.tsv")
-        hist = pd.read_csv(hist_path, sep="\t") if os.path.exists(hist_path) else pd.DataFrame()
-        curves.append((row["family"], name.replace("\n", ", "), hist))
-        latents_path = os.path.join(row["figure_run"], "perturbation_latents.h5ad")
-        if os.path.exists(latents_path):
-            panels.append({"name": name, "family": row["family"],
-                           "latents": ad.read_h5ad(latents_path)})
-    training_curves(curves, outputs["curves"])
-    data = ad.read_h5ad(data_path, backed="r")
-    pathways = {k: list(v) for k, v in dict(data.uns.get("pathways", {})).items()}
-    data.file.close()
-    latent_heatmaps(panels, "mask_prob", outputs["masks_all"], None,
-                    "Mask probabilities, all perturbations")
-    latent_heatmaps(panels, "mask_prob", outputs["masks_pathways"], pathways or None,
-                    "Mask probabilities, perturbations in the annotated pathways")
-    latent_heatmaps(panels, "embedding_mean", outputs["embeddings_pathways"], pathways or None,
-                    "Embedding means, perturbations in the annotated pathways")
-    _runtime(settings, benchmark_root, outputs)
-    return runs
-
-
-def _runtime(settings: list[dict], benchmark_root: str, outputs: dict) -> None:
-    runtime = paper.runtime_table(settings, benchmark_root)
-    write_tsv(runtime, outputs["runtime_tsv"])
-    shown = runtime.assign(model=[label(f) for f in runtime["family"]])
-    names = {"steps_per_second": "steps/s", "train_seconds_mean": "train s (mean)",
-             "train_hours_total": "train h (total)", "train_max_rss_mb": "train peak MB",
-             "evaluate_seconds_mean": "evaluate s (mean)",
-             "evaluate_hours_total": "evaluate h (total)",
-             "evaluate_max_rss_mb": "evaluate peak MB"}
-    shown = shown[["model", "runs", "steps"] + [c for c in names if c in shown]]
-    shown = shown.rename(columns=names)
-    table_png(shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v),
-              outputs["runtime_png"], "Runtime per model (benchmark files of every job)")
-
-
-def build_determinism(this_path: str, other_path: str, out_tsv: str, out_png: str) -> None:
-    """Validation IWELBO at fraction 1 in both Norman experiments, run by run."""
-    table = paper.determinism_table(pd.read_csv(this_path, sep="\t"),
-                                    pd.read_csv(other_path, sep="\t"))
-    write_tsv(table, out_tsv)
-    shown = table.assign(val_iwelbo=table["val_iwelbo"].map(lambda v: f"{v:.6f}"),
-                         val_iwelbo_other=table["val_iwelbo_other"].map(lambda v: f"{v:.6f}"),
-                         abs_difference=table["abs_difference"].map(lambda v: f"{v:.2g}"))
-    n_same = int(table["identical"].sum())
-    table_png(shown.rename(columns={"val_iwelbo": "val IWELBO", "val_iwelbo_other":
-                                    "val IWELBO (other)"}),
-              out_png, f"Determinism check at fraction 1: {n_same} of {len(table)} runs identical")
+    return fig

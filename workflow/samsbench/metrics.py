@@ -1,0 +1,271 @@
+"""The evaluation maths: log2(CP10k+1), data ATE and the effect metrics.
+
+Definitions follow the reference implementation's evaluation: per cell log2(CP10k + 1) over the
+modelled genes, ATE(t) = mean over cells labelled t minus the control mean, on all cells of the
+dataset. Metrics compare a predicted ATE matrix (perturbations x genes) with the data ATE on the
+perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
+no file is read or written (the evaluate stage does that). A new metric is one entry in
+``METRICS``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial.distance import cdist
+
+from samsbench.data import contract
+
+TARGET_SUM = 1e4
+TOP_K = 20
+DEFAULT_CHUNK_ROWS = 8192
+SUBSET_ORDER = ("all", "train", "val", "test")
+METRIC_COLUMNS = ["metric", "subset", "value"]
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation and data ATE
+# --------------------------------------------------------------------------------------------
+
+
+def log_cp10k(X):
+    """log2(10,000 * x / total + 1) per cell (row); a cell with zero total becomes zeros.
+
+    Dense input gives a dense float64 array; sparse input gives a CSR float64 matrix with the
+    same sparsity (the transform maps 0 to 0). Call it on row blocks to bound memory.
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        scale = _safe_scale(totals)
+        X.data *= np.repeat(scale, np.diff(X.indptr))
+        _log2_1p_inplace(X.data)
+        return X
+    X = np.array(X, dtype=np.float64)  # a copy: the caller's counts stay untouched
+    if X.ndim != 2:
+        raise ValueError(f"log_cp10k expects a 2-D cells x genes matrix, got shape {X.shape}")
+    scale = _safe_scale(X.sum(axis=1))
+    X *= scale[:, None]
+    _log2_1p_inplace(X)
+    return X
+
+
+def _log2_1p_inplace(values: np.ndarray) -> None:
+    # log1p in place avoids a temporary the size of the block.
+    np.log1p(values, out=values)
+    values *= 1.0 / math.log(2.0)
+
+
+def _safe_scale(totals: np.ndarray) -> np.ndarray:
+    # Zero-total cells get scale 0 so they map to zeros instead of NaN (0/0).
+    scale = np.zeros_like(totals, dtype=np.float64)
+    positive = totals > 0
+    scale[positive] = TARGET_SUM / totals[positive]
+    return scale
+
+
+def _row_blocks(X, chunk_rows: int):
+    """Yield (start, stop, transformed block) over row chunks of X (dense, sparse or backed)."""
+    if sp.issparse(X) and X.format != "csr":
+        X = sp.csr_matrix(X)  # row slicing of CSC/COO is slow or unsupported
+    n = X.shape[0]
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        yield start, stop, log_cp10k(X[start:stop])
+
+
+def perturbation_means(
+    adata: ad.AnnData, labels=None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> pd.DataFrame:
+    """Mean log2(CP10k + 1) per perturbation label, over all cells (rows sorted by label).
+
+    ``labels`` are per-cell labels (default ``obs["perturbation"]``). Sums are an indicator
+    matrix (labels x cells, sparse) times the transformed counts, one block of rows at a time,
+    so a sparse X is never densified whole.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if labels is None:
+        labels = adata.obs[contract.PERTURBATION_KEY]
+    labels = np.asarray(labels).astype(str)
+    if labels.shape != (adata.n_obs,):
+        raise ValueError(f"need one label per cell ({adata.n_obs}), got shape {labels.shape}")
+    codes, uniques = pd.factorize(labels, sort=True)
+    n_labels, n_genes = len(uniques), adata.n_vars
+    sums = np.zeros((n_labels, n_genes), dtype=np.float64)
+    for start, stop, block in _row_blocks(adata.X, chunk_rows):
+        width = stop - start
+        indicator = sp.csr_matrix(
+            (np.ones(width), (codes[start:stop], np.arange(width))), shape=(n_labels, width)
+        )
+        product = indicator @ block
+        sums += product.toarray() if sp.issparse(product) else product
+    counts = np.bincount(codes, minlength=n_labels).astype(np.float64)
+    return pd.DataFrame(
+        sums / counts[:, None], index=pd.Index(uniques, name="perturbation"),
+        columns=pd.Index(adata.var_names.astype(str), name="gene"),
+    )
+
+
+def data_ate(adata: ad.AnnData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.DataFrame:
+    """Reference data ATE: per non-control label, mean log2(CP10k+1) minus the control mean."""
+    control = contract.control_label(adata)
+    means = perturbation_means(adata, chunk_rows=chunk_rows)
+    if control not in means.index:
+        raise ValueError(f"no control cells labelled {control!r}; cannot compute the data ATE")
+    return means.drop(index=control) - means.loc[control]
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r of two 1-D vectors; NaN when either is constant (as scipy)."""
+    return float(_row_pearson(x[None, :], y[None, :])[0])
+
+
+def _row_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r per row of two equally shaped 2-D arrays; NaN for constant rows."""
+    if x.shape[1] < 2:
+        return np.full(x.shape[0], np.nan)
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    # Normalise before the dot product (as scipy) so large values do not overflow.
+    xn = np.linalg.norm(xc, axis=1, keepdims=True)
+    yn = np.linalg.norm(yc, axis=1, keepdims=True)
+    # A constant row is tested exactly: its centred values can be float noise, not zero.
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.sum((xc / xn) * (yc / yn), axis=1)
+    r = np.clip(r, -1.0, 1.0)
+    r[constant] = np.nan
+    return r
+
+
+def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """sklearn.metrics.r2_score on flat vectors, including its constant-truth convention."""
+    if y_true.size < 2:
+        return math.nan
+    ss_res = float(np.sum((y_true - y_pred) ** 2))
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    if ss_tot == 0:
+        return 1.0 if ss_res == 0 else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def top_gene_indices(true_ate: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Per row, column indices of the k largest |true ATE| (ties: lower gene index first)."""
+    k = min(k, true_ate.shape[1])
+    order = np.argsort(-np.abs(true_ate), axis=1, kind="stable")
+    return order[:, :k]
+
+
+def discrimination_rank(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean over p of (#other true effects strictly closer to pred_p than true_p) / (n - 1)."""
+    n = pred.shape[0]
+    if n < 2:
+        return math.nan
+    dist = cdist(pred, true, metric="euclidean")
+    own = np.diag(dist)
+    closer = (dist < own[:, None]).sum(axis=1)  # the diagonal is never strictly closer
+    return float(np.mean(closer / (n - 1)))
+
+
+def _top(fn):
+    """A metric on the top-|data ATE| genes of each perturbation (``top``: their indices)."""
+    def metric(pred, true, top):
+        rows = np.arange(pred.shape[0])[:, None]
+        return fn(pred[rows, top], true[rows, top], top)
+
+    return metric
+
+
+# The metric registry, in the order of the output rows: name -> f(pred, true, top) on one
+# subset's predicted and data ATE (perturbations x genes) and the top-20 gene indices per row.
+# A new metric is one entry here.
+METRICS = {
+    # the reference's four metrics
+    "ate_pearson": lambda p, t, _: _pearson(p.ravel(), t.ravel()),
+    "ate_r2": lambda p, t, _: _r2(t.ravel(), p.ravel()),
+    "ate_pearson_top20": _top(lambda p, t, _: _pearson(p.ravel(), t.ravel())),
+    "ate_r2_top20": _top(lambda p, t, _: _r2(t.ravel(), p.ravel())),
+    # beyond the reference
+    "pearson_delta": lambda p, t, _: _nanmean(_row_pearson(p, t)),
+    "pearson_delta_top20": _top(lambda p, t, _: _nanmean(_row_pearson(p, t))),
+    "effect_rmse": lambda p, t, _: float(np.sqrt(np.mean((p - t) ** 2))),
+    "direction_agreement_top20": _top(lambda p, t, _: float(np.mean(np.sign(p) == np.sign(t)))),
+    "discrimination_rank": lambda p, t, _: discrimination_rank(p, t),
+}
+
+
+def _subset_metrics(pred: np.ndarray, true: np.ndarray, top: np.ndarray) -> dict[str, float]:
+    return {name: fn(pred, true, top) for name, fn in METRICS.items()}
+
+
+def ate_metrics(
+    pred_ate: pd.DataFrame, true_ate: pd.DataFrame, subsets: dict[str, list[str]]
+) -> pd.DataFrame:
+    """Metrics (columns metric, subset, value) of a predicted vs the data ATE per subset.
+
+    Rows (perturbations) and columns (genes) are aligned by inner join in the data's order;
+    the top-20 genes of a perturbation are chosen on |data ATE| over the aligned genes.
+    Subsets with no aligned perturbation, and metrics that cannot be computed (NaN), are
+    left out. Rows come subset by subset (all/train/val/test first), metrics in fixed order.
+    """
+    # Labels and genes are strings throughout; compare them as such.
+    pred_ate = _with_str_axes(pred_ate)
+    true_ate = _with_str_axes(true_ate)
+    labels = true_ate.index[true_ate.index.isin(pred_ate.index)]
+    genes = true_ate.columns[true_ate.columns.isin(pred_ate.columns)]
+    if len(genes) == 0:
+        raise ValueError("predicted and data ATE share no gene")
+    true = true_ate.loc[labels, genes].to_numpy(dtype=np.float64)
+    pred = pred_ate.loc[labels, genes].to_numpy(dtype=np.float64)
+    top = top_gene_indices(true)
+    position = pd.Series(np.arange(len(labels)), index=labels)
+
+    ordered = [s for s in SUBSET_ORDER if s in subsets]
+    ordered += sorted(s for s in subsets if s not in SUBSET_ORDER)
+    records = []
+    for name in ordered:
+        members = pd.Index(pd.unique(np.asarray(subsets[name], dtype=str)))
+        idx = position.reindex(members).dropna().to_numpy(dtype=int)
+        if idx.size == 0:
+            continue
+        idx.sort()  # the data's order, whatever order the subset was listed in
+        values = _subset_metrics(pred[idx], true[idx], top[idx])
+        for metric in METRICS:
+            if np.isfinite(values[metric]):
+                records.append((metric, name, values[metric]))
+    return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+
+
+def _with_str_axes(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy(deep=False)
+    frame.index = frame.index.astype(str)
+    frame.columns = frame.columns.astype(str)
+    return frame
+
+
+def subsets_from_split(labels_per_cell, split_per_cell, control: str) -> dict[str, list[str]]:
+    """{"all": every non-control label, "train"/"val"/"test": those with >= 1 cell there}."""
+    frame = pd.DataFrame({
+        "label": np.asarray(labels_per_cell, dtype=str),
+        "split": np.asarray(split_per_cell, dtype=str),
+    })
+    frame = frame[frame["label"] != control]
+    subsets = {"all": sorted(frame["label"].unique())}
+    for split in ("train", "val", "test"):
+        subsets[split] = sorted(frame.loc[frame["split"] == split, "label"].unique())
+    return subsets

@@ -1,0 +1,157 @@
+"""The data steps: prepare a dataset (config block -> contract h5ad) and split it.
+
+Dataset readers form one registry, ``READERS``: each source names the download it reads by
+default (None: no input file, or a ``path:`` of the block) and a function that writes the
+contract file. Adding a reader is one entry here (docs/architecture.md). Remote inputs live in
+``data/downloads/<name>``, where the download rule puts them; a block may name another
+download with ``download: <name>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from samsbench import io as sbio
+from samsbench.data import contract, splits
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_DIR = "data/downloads"
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One dataset source: ``prepare(block, input_path_or_None, out_path)`` writes the
+    contract h5ad; ``download`` is the default file under data/downloads, ``path_input``
+    says the input is the block's own ``path:`` (a user's file)."""
+
+    prepare: Callable[[dict, str | None, str], None]
+    download: str | None = None
+    path_input: bool = False
+
+
+def _simulate(block, _input, out):
+    from samsbench.data.simulate import simulate
+
+    contract.write(simulate(**block.get("simulate", {})), out)
+
+
+def _h5ad(_block, path, out):
+    """A user's contract file, its labels normalised: control components dropped
+    (``KLF1+ctrl`` -> ``KLF1``, ``ctrl+ctrl`` -> ``ctrl``) and components sorted (``B+A`` ->
+    ``A+B``). Then validated (errors name the file and the broken rule); copied unchanged
+    when no label changed."""
+    adata = contract.read(path, check=False)
+    key = contract.PERTURBATION_KEY
+    changed = 0
+    if key in adata.obs.columns and not adata.obs[key].isna().any():
+        labels, changed = contract.normalise_labels(adata.obs[key], contract.control_label(adata))
+        if changed:
+            before = adata.obs[key].astype(str).to_numpy()
+            examples = sorted({f"{a} -> {b}" for a, b in zip(before, labels) if a != b})[:5]
+            log.info("%s: normalised the perturbation label of %d cells (%s)", path, changed,
+                     "; ".join(examples))
+            adata.obs[key] = labels
+    try:
+        contract.validate(adata)
+    except contract.ContractError as exc:
+        raise contract.ContractError(f"{path}: {exc}") from None
+    if changed:
+        contract.write(adata, out)
+    else:
+        sbio.copy_file(path, out)
+
+
+def _replogle_prepared(_block, path, out):
+    from samsbench.data.replogle import prepare_from_prepared
+
+    prepare_from_prepared(path, out)
+
+
+def _replogle_raw(block, path, out):
+    from samsbench.data.replogle import prepare_from_raw
+
+    prepare_from_raw(path, out, chunk_rows=block.get("chunk_rows"),
+                     n_controls=block.get("n_controls", 2000))
+
+
+def _norman(block, path, out):
+    from samsbench.data.norman import prepare_norman
+
+    prepare_norman(path, out, highly_variable_only=block.get("highly_variable_only", True))
+
+
+READERS: dict[str, Reader] = {
+    "simulate": Reader(_simulate),
+    "h5ad": Reader(_h5ad, path_input=True),
+    "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad"),
+    "replogle_raw": Reader(_replogle_raw, download="K562_gwps_raw_singlecell_01.h5ad"),
+    "norman": Reader(_norman, download="norman_scpert.h5ad"),
+}
+
+
+def reader(dataset_cfg: dict) -> Reader:
+    source = dataset_cfg.get("source")
+    if source not in READERS:
+        raise ValueError(f"unknown dataset source {source!r}; expected one of {sorted(READERS)}")
+    return READERS[source]
+
+
+def required_inputs(dataset_cfg: dict) -> list[str]:
+    """Files the prepare step reads (the download rule makes those under data/downloads)."""
+    found = reader(dataset_cfg)
+    if found.path_input:
+        if not dataset_cfg.get("path"):
+            raise ValueError(f'a dataset with source "{dataset_cfg["source"]}" needs `path:` '
+                             "naming the file")
+        return [os.fspath(dataset_cfg["path"])]
+    name = dataset_cfg.get("download") or found.download
+    return [f"{DOWNLOAD_DIR}/{name}"] if name else []
+
+
+def prepare(dataset_cfg: dict, inputs: list[str], out_path) -> None:
+    """Write the contract file of one dataset to ``out_path``."""
+    found = reader(dataset_cfg)
+    expected = len(required_inputs(dataset_cfg))
+    if len(inputs) != expected:
+        raise ValueError(f"source {dataset_cfg['source']!r} needs {expected} input file(s), "
+                         f"got {inputs}")
+    found.prepare(dataset_cfg, inputs[0] if inputs else None, os.fspath(out_path))
+    log.info("prepared %s dataset at %s", dataset_cfg["source"], out_path)
+
+
+def split(data_path: str, split_cfg: dict, out_path: str) -> None:
+    """Write the split TSV (cell_id, split) of one split block."""
+    adata = contract.read(data_path)
+    # Norman: the reference shuffles guide identities, not gene labels (see splits.ood_split).
+    ids = adata.obs["guide_identity"].astype(str).to_numpy() if "guide_identity" in adata.obs else None
+    labels = splits.make_split(
+        adata.obs[contract.PERTURBATION_KEY].to_numpy(), split_cfg["kind"],
+        seed=int(split_cfg.get("seed", 0)), fraction=float(split_cfg.get("fraction", 1.0)),
+        test_fraction=float(split_cfg.get("test_fraction", 0.25)), combination_ids=ids,
+    )
+    splits.write_split(adata.obs_names, labels, out_path)
+    counts = pd.Series(labels).value_counts().to_dict()
+    log.info("split %s of %s: %s", split_cfg, data_path, counts)
+
+
+def simulate(out_path: str, seed: int = 0, **params) -> None:
+    """Write the simulated screen (samsbench.data.simulate arguments) as a contract h5ad."""
+    from samsbench.data.simulate import simulate as draw
+
+    contract.write(draw(seed=seed, **params), out_path)
+
+
+def download(urls: list[str], out_path: str, sha256: str | None = None,
+             checksums_tsv: str | None = None, require_checksum: bool = False,
+             **options) -> None:
+    """Fetch one remote input: mirrors in order, format and sha256 checks, atomic rename."""
+    from samsbench.data.download import download as fetch
+
+    fetch(urls, out_path, sha256=sha256, checksums_tsv=checksums_tsv,
+          require_checksum=require_checksum, **options)

@@ -1,0 +1,249 @@
+"""The evaluate step: predict, score (metrics of a run), score an external predictions file,
+and aggregate an experiment's metrics. The maths is in samsbench.metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from samsbench import io as sbio
+from samsbench import metrics
+from samsbench.data import contract
+from samsbench.data.splits import read_split
+
+log = logging.getLogger(__name__)
+
+RUN_KEYS = ("experiment", "dataset", "model", "family", "split", "seed")
+
+
+class PredictionsError(ValueError):
+    """A predictions h5ad cannot be scored against the dataset."""
+
+
+def predict(data_path: str, split_path: str, model_path: str, out_path: str,
+            n_particles: int = 2500, chunk: int = 128, device: str = "auto",
+            family: str | None = None) -> pd.DataFrame:
+    """Predicted mean log2(CP10k+1) for every perturbation of the dataset and the control.
+    ``family``: the config's family, needed for a plug-in (inference.load_model)."""
+    from samsbench import inference
+    from samsbench.stages.train import load_data, pick_device
+
+    model, record = inference.load_model(model_path, pick_device(device), family or None)
+    data = load_data(data_path, split_path, record["encoding"], device)
+    if data.columns != record["columns"] or data.genes != record["genes"]:
+        raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
+    labels = [data.control] + sorted(set(data.labels) - {data.control})
+    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk)
+    frame = pd.DataFrame(means, index=labels, columns=data.genes)
+    write_predictions(frame, out_path, data.control,
+                      {"model_path": model_path, "ate_particles": n_particles})
+    return frame
+
+
+def iwelbo(data_path: str, split_path: str, model_path: str, n_particles: int = 100,
+           device: str = "auto", seed: int = 0, family: str | None = None) -> dict:
+    """Held-out IWELBO of a trained run on its val and test cells ({} for a baseline)."""
+    from samsbench import inference
+    from samsbench.stages.train import load_data, pick_device
+
+    model, record = inference.load_model(model_path, pick_device(device), family or None)
+    if not model.has_likelihood:
+        return {}
+    data = load_data(data_path, split_path, record["encoding"], device)
+    out = {}
+    for split in ("val", "test"):
+        if len(data.split_index(split)):
+            out[f"{split}_iwelbo"] = inference.iwelbo(model, data, split, n_particles, seed)
+    return out
+
+
+def score(run: dict, data_path: str, split_path: str, predictions_path: str,
+          model_path: str, out_path: str, iwelbo_particles: int = 100,
+          device: str = "auto") -> pd.DataFrame:
+    """All metrics of one run as tidy rows (experiment, ..., metric, subset, value)."""
+    rows = [score_predictions(predictions_path, data_path, split_path)]
+    for metric, value in iwelbo(data_path, split_path, model_path, iwelbo_particles,
+                                device, family=run.get("family") or None).items():
+        rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
+                                   "value": value}]))
+    return _tidy(run, pd.concat(rows, ignore_index=True), out_path)
+
+
+def score_external(run: dict, data_path: str, split_path: str, predictions_path: str,
+                   out_path: str | None) -> pd.DataFrame:
+    """Score a predictions h5ad made outside the workflow, exactly as the workflow's own.
+    ``out_path`` None: only return the table."""
+    return _tidy(run, score_predictions(predictions_path, data_path, split_path), out_path)
+
+
+def _tidy(run: dict, table: pd.DataFrame, out_path: str | None) -> pd.DataFrame:
+    table = table.assign(value=table["value"].astype(float))
+    ident = {k: run.get(k, "") for k in RUN_KEYS}
+    table = pd.concat([pd.DataFrame([ident] * len(table)), table], axis=1)
+    if out_path is not None:
+        sbio.write_tsv(table, out_path)
+    return table
+
+
+def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
+    frames = [pd.read_csv(p, sep="\t") for p in paths]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(table):
+        table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
+    sbio.write_tsv(table, out_path)
+    return table
+
+
+# ------------------------------------------------------------------------- predictions files
+
+
+def write_predictions(
+    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None
+) -> None:
+    """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
+
+    Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
+    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``.
+    """
+    values = np.asarray(means.to_numpy(), dtype=np.float64)
+    where = f"predictions for {os.fspath(path)}"
+    labels = means.index.astype(str)
+    genes = means.columns.astype(str)
+    if control_label not in set(labels):
+        raise PredictionsError(f"{where}: no row for the control {control_label!r}")
+    if not labels.is_unique:
+        duplicated = _first(labels[labels.duplicated()])
+        raise PredictionsError(f"{where}: duplicated perturbations {duplicated}")
+    if not genes.is_unique:
+        raise PredictionsError(f"{where}: duplicated genes {_first(genes[genes.duplicated()])}")
+    _check_finite(values, labels, genes, where)
+    adata = ad.AnnData(
+        X=values,
+        obs=pd.DataFrame({contract.PERTURBATION_KEY: np.asarray(labels)}, index=np.asarray(labels)),
+        var=pd.DataFrame(index=np.asarray(genes)),
+    )
+    adata.uns["control_label"] = str(control_label)
+    adata.uns["metadata"] = _h5ad_safe(metadata or {})
+    sbio.write_h5ad(adata, path)
+
+
+def _h5ad_safe(value):
+    """h5ad cannot store None or arbitrary objects in uns; keep plain values, stringify the rest."""
+    if isinstance(value, dict):
+        return {str(k): _h5ad_safe(v) for k, v in value.items()}
+    if value is None:
+        return ""
+    if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float, str)) for v in value
+    ):
+        return list(value) if value else ""
+    return str(value)
+
+
+def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
+    """Read a predictions h5ad and return its ATE (non-control rows minus the control row).
+
+    Checks, each raising PredictionsError that names the file: readable h5ad, a
+    ``obs["perturbation"]`` column, unique labels, the data's control label present, no label
+    unknown to the data, the same gene set as the data (columns returned in the data's order),
+    finite values.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise PredictionsError(f"{path}: no such predictions file")
+    try:
+        pred = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many exception types for a broken file
+        raise PredictionsError(f"{path}: not a readable h5ad file ({exc})") from exc
+
+    key = contract.PERTURBATION_KEY
+    if key not in pred.obs.columns:
+        raise PredictionsError(
+            f'{path}: obs has no "{key}" column holding the perturbation label of each row '
+            f"(found columns: {list(pred.obs.columns)[:10]})"
+        )
+    labels = pd.Index(pred.obs[key].astype(str).to_numpy())
+    if not labels.is_unique:
+        raise PredictionsError(
+            f"{path}: each perturbation needs exactly one row; duplicated: "
+            f"{_first(labels[labels.duplicated()].unique())}"
+        )
+
+    control = contract.control_label(data_adata)
+    file_control = pred.uns.get("control_label")
+    if file_control is not None and str(file_control) != control:
+        raise PredictionsError(
+            f'{path}: uns["control_label"] is {str(file_control)!r} but the data\'s control is '
+            f"{control!r}"
+        )
+    if control not in labels:
+        raise PredictionsError(
+            f"{path}: missing the control row {control!r}; the predicted ATE is each "
+            "perturbation's row minus the control row"
+        )
+
+    data_labels = set(data_adata.obs[key].astype(str))
+    unknown = [lab for lab in labels if lab not in data_labels]
+    if unknown:
+        raise PredictionsError(
+            f"{path}: {len(unknown)} perturbations are not in the data: {_first(unknown)}"
+        )
+
+    data_genes = pd.Index(data_adata.var_names.astype(str))
+    genes = pd.Index(pred.var_names.astype(str))
+    if not genes.is_unique:
+        raise PredictionsError(f"{path}: duplicated genes {_first(genes[genes.duplicated()])}")
+    missing = data_genes.difference(genes, sort=False)
+    extra = genes.difference(data_genes, sort=False)
+    if len(missing) or len(extra):
+        parts = []
+        if len(missing):
+            parts.append(f"{len(missing)} genes of the data are missing: {_first(missing)}")
+        if len(extra):
+            parts.append(f"{len(extra)} genes are not in the data: {_first(extra)}")
+        raise PredictionsError(f"{path}: gene set does not match the data; " + "; ".join(parts))
+
+    X = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    values = np.asarray(X, dtype=np.float64)
+    _check_finite(values, labels, genes, path)
+    means = pd.DataFrame(values, index=labels, columns=genes).reindex(columns=data_genes)
+    means.index.name, means.columns.name = "perturbation", "gene"
+    return means.drop(index=control) - means.loc[control]
+
+
+def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
+    """Score a predictions h5ad against a prepared dataset and its split TSV."""
+    data = contract.read(data_path)
+    true_ate = metrics.data_ate(data)
+    pred_ate = read_predictions(predictions_path, data)
+    if not pred_ate.index.isin(true_ate.index).any():
+        raise PredictionsError(
+            f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
+        )
+    split = read_split(split_path, data.obs_names)
+    labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
+    subsets = metrics.subsets_from_split(labels, split, contract.control_label(data))
+    return metrics.ate_metrics(pred_ate, true_ate, subsets)
+
+
+def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise PredictionsError(
+            f"{where}: {int(bad.sum())} NaN or infinite values, first at perturbation "
+            f"{labels[row]!r}, gene {genes[col]!r}"
+        )
+
+
+def _first(items, k: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(repr(str(x)) for x in items[:k])
+    return f"[{shown}{', ...' if len(items) > k else ''}]"

@@ -1,0 +1,63 @@
+"""The train step: train one model on one split with one seed, and write its latents."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from samsbench import inference
+from samsbench import io as sbio
+from samsbench import models as registry
+from samsbench.data import contract, splits
+from samsbench.data.tensors import PerturbationData
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_data(data_path: str, split_path: str, encoding: str = "additive",
+              device: str = "cpu") -> PerturbationData:
+    adata = contract.read(data_path)
+    labels = splits.read_split(split_path, adata.obs_names)
+    return PerturbationData(adata, labels, encoding=encoding, device=pick_device(device))
+
+
+def train(data_path: str, split_path: str, hp: dict, training: dict, run_dir: str,
+          seed: int, device: str = "auto", progress: bool = True,
+          identity: dict | None = None) -> dict:
+    """Train one model on one split with one seed; writes the run directory. ``identity``
+    (experiment, model, split, ...) is recorded in summary.json."""
+    hp = dict(hp)
+    family = hp.pop("family")
+    hp = registry.hyperparameters(family, hp)  # the family's typed hyperparameters
+    data = load_data(data_path, split_path, hp.encoding, device)
+    torch.manual_seed(seed)  # model initialisation depends on the seed only
+    model = registry.build(family, len(data.genes), data.columns, hp)
+    identity = {**(identity or {}), "seed": seed}
+    summary = inference.train(model, family, hp, data, training, run_dir, seed, progress, identity)
+    write_perturbation_latents(model, data, sbio.run_file(run_dir, "latents"))
+    return summary
+
+
+def write_perturbation_latents(model, data: PerturbationData, path: str) -> None:
+    """Rows = the model's perturbation columns; layers mask_prob / embedding_mean if any."""
+    layers = model.perturbation_latents() if hasattr(model, "perturbation_latents") else {}
+    n_latent = next(iter(layers.values())).shape[1] if layers else 0
+    obs = pd.DataFrame(index=pd.Index(data.columns, name="perturbation"))
+    obs["target_genes"] = data.target_genes
+    adata = ad.AnnData(X=np.zeros((len(data.columns), n_latent), dtype=np.float32), obs=obs,
+                       var=pd.DataFrame(index=[f"z{k}" for k in range(n_latent)]))
+    for name, value in layers.items():
+        adata.layers[name] = np.asarray(value, dtype=np.float32)
+    sbio.write_h5ad(adata, path)
