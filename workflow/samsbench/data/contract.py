@@ -2,7 +2,9 @@
 
 A prepared file has raw integer counts in X, a string ``obs["perturbation"]``, unique gene
 symbols as var names and a control label in ``uns["control_label"]``; combinations join their
-components with ``+``. ``validate`` names the first violated rule.
+components with ``+``. ``validate`` names the first violated rule. A file may instead declare
+real-valued X (``uns["value_kind"] = "continuous"``) and no control cells
+(``uns["no_controls"] = True``); see the section on the continuous mode below.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import scipy.sparse as sp
 PERTURBATION_KEY = "perturbation"
 DEFAULT_CONTROL = "non-targeting"
 COMBINATION_SEP = "+"
+VALUE_KIND_KEY = "value_kind"
+NO_CONTROLS_KEY = "no_controls"
 
 
 class ContractError(ValueError):
@@ -84,13 +88,71 @@ def validate(adata: ad.AnnData) -> ad.AnnData:
     for label in unique:
         if label != control:
             _check_label(label)
-    if control not in set(unique):
+    if control not in set(unique) and not declares_no_controls(adata):
         raise ContractError(
             f'no control cells: no cell has obs["{PERTURBATION_KEY}"] == {control!r} '
             '(set uns["control_label"] if the control has another name)'
         )
-    _check_counts(adata.X)
+    if value_kind(adata) == "continuous":
+        _check_continuous(adata.X)
+    else:
+        _check_counts(adata.X)
     return adata
+
+
+# -- continuous mode and datasets without controls -----------------------------------------
+# ``uns["value_kind"] = "continuous"``: X holds real values (any sign, finite), not counts, as
+# the reference's Gaussian simulator draws them. Only normal-likelihood models may train on
+# such data (``require_model_fits``) and metrics defined on log-normalised counts are not
+# computed. ``uns["no_controls"] = True``: the dataset has no control cells; allowed, and the
+# metrics that need a control mean are skipped with a logged reason.
+VALUE_KINDS = ("counts", "continuous")
+CONTINUOUS_LIKELIHOODS = ("normal", "normal_fixed_variance")
+
+
+def value_kind(adata: ad.AnnData) -> str:
+    kind = str(adata.uns.get(VALUE_KIND_KEY, "counts"))
+    if kind not in VALUE_KINDS:
+        raise ContractError(f'uns["{VALUE_KIND_KEY}"] is {kind!r}; expected one of {VALUE_KINDS}')
+    return kind
+
+
+def declares_no_controls(adata: ad.AnnData) -> bool:
+    return bool(adata.uns.get(NO_CONTROLS_KEY, False))
+
+
+def has_controls(adata: ad.AnnData) -> bool:
+    labels = adata.obs[PERTURBATION_KEY].astype(str)
+    return bool((labels == control_label(adata)).any())
+
+
+def _check_continuous(X) -> None:
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size and not np.issubdtype(values.dtype, np.number):
+        raise ContractError(f"X must be numeric, found dtype {values.dtype}")
+    if values.size and not np.all(np.isfinite(values)):
+        raise ContractError(f'X contains NaN or infinite values (uns["{VALUE_KIND_KEY}"] is '
+                            '"continuous": real values are allowed, but they must be finite)')
+
+
+def require_model_fits(kind: str, family: str, hp: dict) -> None:
+    """Continuous data admit only normal-likelihood models whose encoder does not take the log
+    of its input: a clear error otherwise (a baseline without a likelihood is refused too)."""
+    if kind != "continuous":
+        return
+    likelihood = hp.get("likelihood")
+    if likelihood not in CONTINUOUS_LIKELIHOODS:
+        raise ContractError(
+            f'the dataset is continuous (uns["{VALUE_KIND_KEY}"] = "continuous") but model '
+            f"family {family!r} uses likelihood {likelihood!r}; only {CONTINUOUS_LIKELIHOODS} "
+            "can train on it (set `likelihood: normal`)"
+        )
+    if hp.get("encoder_input_normalization", "log_standardize") == "log_standardize":
+        raise ContractError(
+            f'the dataset is continuous (uns["{VALUE_KIND_KEY}"] = "continuous"): '
+            "encoder_input_normalization 'log_standardize' takes the log of negative values; "
+            "use 'standardize' or 'none'"
+        )
 
 
 def read(path: str | os.PathLike) -> ad.AnnData:

@@ -33,6 +33,11 @@ class SamsVAE(ShiftModel):
         if self.mask_kl not in ("sample", "analytic"):
             raise ValueError(f"mask_kl must be 'sample' or 'analytic', got {self.mask_kl!r}")
         self.embedding_prior_scale = float(hp.get("embedding_prior_scale", 1.0))
+        # Beyond the reference (1 = the ELBO): a weight on the mask's log p - log q, so that
+        # the sparsity prior is not drowned by the N_t cells' likelihood (docs/mask_recovery.md).
+        self.mask_kl_weight = float(hp.get("mask_kl_weight", 1.0))
+        if not self.mask_kl_weight > 0:
+            raise ValueError(f"mask_kl_weight must be > 0, got {self.mask_kl_weight}")
         self.mask_logits = nn.Parameter(torch.full((T, K), float(hp.get("mask_init_logits", 0.0))))
         if self.correlated:
             self.embedding_encoder = GaussianEncoder(
@@ -67,7 +72,7 @@ class SamsVAE(ShiftModel):
             mask_ratio = bernoulli_log_prob(prior, mask) - bernoulli_log_prob(logits, mask)
         else:
             mask_ratio = -bernoulli_kl(logits, self.mask_prior_logit).expand_as(mask)
-        return {"mask": mask, "E": E}, log_ratio + mask_ratio.sum(-1)
+        return {"mask": mask, "E": E}, log_ratio + self.mask_kl_weight * mask_ratio.sum(-1)
 
     def shift(self, g):
         return g["mask"] * g["E"]
