@@ -56,6 +56,7 @@ def train_run(data_path: str, split_path: str, hp: dict, training: dict, run_dir
     hp = dict(hp)
     family = hp.pop("family")
     data = load_data(data_path, split_path, hp.get("encoding", "additive"), device)
+    contract.require_model_fits(data.value_kind, family, hp)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = registry.build(family, len(data.genes), data.columns, hp)
     identity = {**(identity or {}), "seed": seed}
@@ -87,7 +88,9 @@ def predict_run(data_path: str, split_path: str, model_path: str, out_path: str,
     if data.columns != record["columns"] or data.genes != record["genes"]:
         raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
     labels = [data.control] + sorted(set(data.labels) - {data.control})
-    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk)
+    # continuous data: the mean of the samples themselves (no log-normalisation of counts)
+    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk,
+                                      log_normalize=data.value_kind == "counts")
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
     evaluate.write_predictions(frame, out_path, data.control,
                                {"model_path": model_path, "ate_particles": n_particles})
@@ -113,12 +116,32 @@ def evaluate_run(run: dict, data_path: str, split_path: str, predictions_path: s
     """All metrics of one run as tidy rows (experiment, ..., metric, subset, value)."""
     from samsbench import evaluate
 
-    rows = [evaluate.score(predictions_path, data_path, split_path)]
+    skip = effect_metrics_skip_reason(data_path)
+    if skip:
+        log.info("effect metrics of %s skipped: %s", predictions_path, skip)
+    rows = [] if skip else [evaluate.score(predictions_path, data_path, split_path)]
     for metric, value in iwelbo_run(data_path, split_path, model_path, iwelbo_particles,
                                     device).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
                                    "value": value}]))
-    return _tidy(run, pd.concat(rows, ignore_index=True), out_path)
+    table = (pd.concat(rows, ignore_index=True) if rows
+             else pd.DataFrame(columns=["metric", "subset", "value"]))
+    return _tidy(run, table, out_path)
+
+
+def effect_metrics_skip_reason(data_path: str) -> str | None:
+    """Why the ATE metrics cannot be computed on a dataset, or None. They are defined on
+    log-normalised counts against the control mean (data_and_evaluation.md §5)."""
+    meta = ad.read_h5ad(data_path, backed="r")  # obs and uns only; X stays on disk
+    try:
+        if contract.value_kind(meta) == "continuous":
+            return ('the dataset is continuous (uns["value_kind"]); the ATE metrics are defined '
+                    "on log-normalised counts")
+        if not contract.has_controls(meta):
+            return "the dataset has no control cells; the ATE is each perturbation minus them"
+    finally:
+        meta.file.close()
+    return None
 
 
 def score_external(run: dict, data_path: str, split_path: str, predictions_path: str,

@@ -1,6 +1,7 @@
 """One entry point for the prepare step: a dataset's config block to a contract h5ad.
 
-``source`` chooses the route: ``simulate`` (the embedded benchmark), ``h5ad`` (a user's file
+``source`` chooses the route: ``simulate`` (the embedded benchmark), ``reference_sim`` (data
+like the reference's own Gaussian simulator, models.md §8.1; continuous, no controls), ``h5ad`` (a user's file
 that already meets the contract: validated and copied), ``replogle_prepared`` (the authors'
 filtered file), ``replogle_raw`` (Replogle's raw genome-wide file) and ``norman`` (sc-pert's
 processed Norman file). Remote inputs live in ``data/downloads/<name>``, where the download
@@ -18,7 +19,7 @@ from samsbench.data import contract
 log = logging.getLogger(__name__)
 
 DOWNLOAD_DIR = "data/downloads"
-SOURCES = ("simulate", "h5ad", "replogle_prepared", "replogle_raw", "norman")
+SOURCES = ("simulate", "reference_sim", "h5ad", "replogle_prepared", "replogle_raw", "norman")
 # The download each remote source reads by default (keys of config.yaml's `downloads:`).
 DEFAULT_DOWNLOAD = {
     "replogle_prepared": "replogle.h5ad",
@@ -37,7 +38,7 @@ def _source(dataset_cfg: dict) -> str:
 def required_inputs(dataset_cfg: dict) -> list[str]:
     """Files the prepare step reads (the download rule makes those under data/downloads)."""
     source = _source(dataset_cfg)
-    if source == "simulate":
+    if source in ("simulate", "reference_sim"):
         return []
     if source == "h5ad":
         if not dataset_cfg.get("path"):
@@ -57,6 +58,10 @@ def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path) -> None:
         from samsbench.data.simulate import simulate
 
         contract.write(simulate(**dataset_cfg.get("simulate", {})), out_path)
+    elif source == "reference_sim":
+        from samsbench.data.reference_sim import reference_dataset
+
+        contract.write(reference_dataset(**dataset_cfg.get("simulate", {})), out_path)
     elif source == "h5ad":
         contract.read(inputs[0])  # validates; errors name the file and the broken rule
         _copy_atomic(inputs[0], out_path)

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from samsbench.data.contract import PERTURBATION_KEY, components, control_label
+from samsbench.data.contract import PERTURBATION_KEY, components, control_label, value_kind
 
 log = logging.getLogger(__name__)
 ENCODINGS = ("additive", "unique")
@@ -87,6 +87,7 @@ class PerturbationData:
         self.device = torch.device(device)
         self.encoding = encoding
         self.control = control_label(adata)
+        self.value_kind = value_kind(adata)  # "counts" or "continuous" (contract.py)
         self.labels = adata.obs[PERTURBATION_KEY].astype(str).to_numpy()
         self.genes = adata.var_names.astype(str).tolist()
         self.cell_ids = adata.obs_names.astype(str).to_numpy()
