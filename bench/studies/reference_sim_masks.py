@@ -50,6 +50,9 @@ SETTINGS = {
     "kl_weight50": {"mask_kl_weight": 50.0, "mask_kl": "analytic"},
     "init_prior_kl_weight10": {"mask_init_logits": PRIOR_LOGIT, "mask_kl_weight": 10.0,
                                "mask_kl": "analytic"},
+    # decoder (and encoder) depth closer to the simulator's 4 x 50 LeakyReLU decoder
+    "deep": {"n_layers": 3},
+    "init_prior_deep": {"mask_init_logits": PRIOR_LOGIT, "n_layers": 3},
     "aligned": {"align_basis_at": 0.3},
     "init_prior_aligned": {"mask_init_logits": PRIOR_LOGIT, "align_basis_at": 0.3},
     "init_prior_scale5_aligned": {"mask_init_logits": PRIOR_LOGIT, "embedding_prior_scale": 5.0,
