@@ -1,6 +1,7 @@
 # Shared helpers: config validation (defaults filled, readable errors) and the list of runs.
 import samsbench.config as sbconfig
 import samsbench.enrich as sbenrich
+import samsbench.planted_truth as sbplanted
 
 sbconfig.validate(config)
 RESULTS = config["results"]
@@ -56,7 +57,7 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
-        targets.extend(planted_targets(experiment))  # planted.smk
+        targets.extend(sbplanted.workflow_targets(config, experiment, RESULTS))
         # gene-set enrichment needs real gene symbols; reference_sim names genes g0, g1, ...
         if not is_reference_sim(experiment):
             targets.extend(sbenrich.workflow_targets(config, experiment, RESULTS))
@@ -64,8 +65,7 @@ def all_targets():
 
 
 def is_reference_sim(experiment):
-    dataset = config["experiments"][experiment]["dataset"]
-    return config["datasets"][dataset]["source"] == "reference_sim"
+    return sbplanted.dataset_source(config, experiment) == "reference_sim"
 
 
 FIGURES = ["ate_metrics", "iwelbo", "training_curves"]

@@ -1,18 +1,8 @@
 # Recovery of a planted mask (simulated datasets): precision / recall / F1 and AUROC of every
 # masked run's q(mask), under the reference's matching convention and ours
-# (samsbench.planted_truth). Uses from common.smk: RESULTS, prepared, runs(experiment).
+# (samsbench.planted_truth; targets: planted_truth.workflow_targets). Uses from common.smk:
+# RESULTS, prepared, runs(experiment).
 import samsbench.planted_truth as sbplanted
-
-
-def has_planted_mask(experiment):
-    dataset = config["experiments"][experiment]["dataset"]
-    return config["datasets"][dataset]["source"] in sbplanted.PLANTED_SOURCES
-
-
-def planted_targets(experiment):
-    if not has_planted_mask(experiment):
-        return []
-    return [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
 
 
 rule mask_recovery:

@@ -28,6 +28,18 @@ COLUMNS = [*RUN_KEYS, "matching", "threshold", "n_perturbations", "true_density"
            "precision", "recall", "f1", "auroc"]
 
 
+def dataset_source(config, experiment: str) -> str:
+    dataset = config["experiments"][experiment]["dataset"]
+    return config["datasets"][dataset]["source"]
+
+
+def workflow_targets(config, experiment: str, results: str = "results") -> list[str]:
+    """The experiment's mask-recovery table, if its dataset has a planted mask."""
+    if dataset_source(config, experiment) not in PLANTED_SOURCES:
+        return []
+    return [f"{results}/{experiment}/mask_recovery.tsv"]
+
+
 def planted_mask(adata: ad.AnnData) -> tuple[list[str], np.ndarray]:
     """(perturbation labels, true mask) from ``uns["simulation"]``; a clear error if absent."""
     sim = adata.uns.get("simulation")
