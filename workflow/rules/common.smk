@@ -2,6 +2,7 @@
 # run-directory layout (samsbench.io, spelled once) and every target of the workflow.
 import samsbench.config as sbconfig
 import samsbench.io as sbio
+import samsbench.stages.data as sbdata
 import samsbench.stages.enrich as sbenrich
 
 sbconfig.validate(config)
@@ -62,8 +63,23 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
-        targets.extend(enrichment_targets(experiment))
+        targets.extend(planted_targets(experiment))
+        # gene-set enrichment needs real gene symbols (reference_sim names genes g0, g1, ...)
+        if dataset_reader(experiment).gene_symbols:
+            targets.extend(enrichment_targets(experiment))
     return targets
+
+
+def dataset_reader(experiment):
+    """The READERS entry (samsbench.stages.data) of an experiment's dataset."""
+    return sbdata.reader(config["datasets"][config["experiments"][experiment]["dataset"]])
+
+
+def planted_targets(experiment):
+    """The mask-recovery table, for a dataset with a planted mask (planted.smk)."""
+    if not dataset_reader(experiment).planted_mask:
+        return []
+    return [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
 
 
 FIGURES = ["ate_metrics", "iwelbo", "training_curves"]
@@ -74,9 +90,7 @@ def figure_files(experiment):
 
 
 def dataset_inputs(dataset):
-    from samsbench.stages.data import required_inputs
-
-    return required_inputs(config["datasets"][dataset])
+    return sbdata.required_inputs(config["datasets"][dataset])
 
 
 def enrichment_settings(experiment):

@@ -215,10 +215,12 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
 @torch.no_grad()
 @unchecked_distributions()
 def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 128,
-                    library_size: float = 1e4, seed: int = 0) -> np.ndarray:
+                    library_size: float = 1e4, seed: int = 0,
+                    log_normalize: bool = True) -> np.ndarray:
     """Mean log2(CP10k+1) of sampled counts per perturbation (models.md §5.3): fresh prior
     local latents per condition, globals shared within a chunk of particles, fixed seed. A
-    model without a likelihood predicts its means directly."""
+    model without a likelihood predicts its means directly. ``log_normalize=False`` averages
+    the samples themselves (continuous data)."""
     if not model.has_likelihood:
         return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
     torch.manual_seed(seed)
@@ -235,9 +237,12 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
             h = model.decoder_input(u, ctx)
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
             x = model.decoder.sample(h, lib)
-            total = x.sum(-1, keepdim=True)
-            y = torch.where(total > 0, torch.log2(1e4 * x / total.clamp_min(1e-12) + 1),
-                            torch.zeros_like(x))
+            if log_normalize:
+                total = x.sum(-1, keepdim=True)
+                y = torch.where(total > 0, torch.log2(1e4 * x / total.clamp_min(1e-12) + 1),
+                                torch.zeros_like(x))
+            else:
+                y = x
             sums[r0 : r0 + rows_per_block] += y.sum(0).double()
     return (sums / n_particles).cpu().numpy()
 

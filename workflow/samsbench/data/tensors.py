@@ -17,7 +17,7 @@ import torch
 
 from samsbench.data import memory
 from samsbench.data.contract import (MAX_COUNT, PERTURBATION_KEY, ContractError, components,
-                                     control_label)
+                                     control_label, value_kind)
 
 log = logging.getLogger(__name__)
 ENCODINGS = ("additive", "unique")
@@ -107,6 +107,7 @@ class PerturbationData:
         self.device = torch.device(device)
         self.encoding = encoding
         self.control = control_label(adata)
+        self.value_kind = value_kind(adata)  # "counts" or "continuous" (contract.py)
         self.labels = adata.obs[PERTURBATION_KEY].astype(str).to_numpy()
         self.genes = adata.var_names.astype(str).tolist()
         self.cell_ids = adata.obs_names.astype(str).to_numpy()

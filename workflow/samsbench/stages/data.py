@@ -28,17 +28,29 @@ DOWNLOAD_DIR = "data/downloads"
 class Reader:
     """One dataset source: ``prepare(block, input_path_or_None, out_path)`` writes the
     contract h5ad; ``download`` is the default file under data/downloads, ``path_input``
-    says the input is the block's own ``path:`` (a user's file)."""
+    says the input is the block's own ``path:`` (a user's file). ``planted_mask``: the file
+    carries a true mask in ``uns["simulation"]`` (the workflow scores mask recovery);
+    ``gene_symbols``: var names are real gene symbols (gene-set enrichment needs them)."""
 
     prepare: Callable[[dict, str | None, str], None]
     download: str | None = None
     path_input: bool = False
+    planted_mask: bool = False
+    gene_symbols: bool = True
 
 
 def _simulate(block, _input, out):
     from samsbench.data.simulate import simulate
 
     contract.write(simulate(**block.get("simulate", {})), out)
+
+
+def _reference_sim(block, _input, out):
+    """Data like the reference's own Gaussian simulator (models.md §8.1): continuous values,
+    no control cells, a planted mask (docs/mask_recovery.md)."""
+    from samsbench.data.reference_sim import reference_dataset
+
+    contract.write(reference_dataset(**block.get("simulate", {})), out)
 
 
 def _h5ad(_block, path, out):
@@ -87,7 +99,9 @@ def _norman(block, path, out):
 
 
 READERS: dict[str, Reader] = {
-    "simulate": Reader(_simulate),
+    "simulate": Reader(_simulate, planted_mask=True),
+    # genes are named g0, g1, ...: no gene-set enrichment
+    "reference_sim": Reader(_reference_sim, planted_mask=True, gene_symbols=False),
     "h5ad": Reader(_h5ad, path_input=True),
     "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad"),
     "replogle_raw": Reader(_replogle_raw, download="K562_gwps_raw_singlecell_01.h5ad"),

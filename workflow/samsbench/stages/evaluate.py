@@ -1,5 +1,6 @@
 """The evaluate step: predict, score (metrics of a run), score an external predictions file,
-and aggregate an experiment's metrics. The maths is in samsbench.metrics."""
+aggregate an experiment's metrics, and score recovery of a planted mask. The maths is in
+samsbench.metrics and samsbench.enrichment.recovery."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def predict(data_path: str, split_path: str, model_path: str, out_path: str,
     if data.columns != record["columns"] or data.genes != record["genes"]:
         raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
     labels = [data.control] + sorted(set(data.labels) - {data.control})
-    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk)
+    # continuous data: the mean of the samples themselves (no log-normalisation of counts)
+    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk,
+                                      log_normalize=data.value_kind == "counts")
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
     write_predictions(frame, out_path, data.control,
                       {"model_path": model_path, "ate_particles": n_particles})
@@ -65,13 +68,34 @@ def iwelbo(data_path: str, split_path: str, model_path: str, n_particles: int = 
 def score(run: dict, data_path: str, split_path: str, predictions_path: str,
           model_path: str, out_path: str, iwelbo_particles: int = 100,
           device: str = "auto") -> pd.DataFrame:
-    """All metrics of one run as tidy rows (experiment, ..., metric, subset, value)."""
-    rows = [score_predictions(predictions_path, data_path, split_path)]
+    """All metrics of one run as tidy rows (experiment, ..., metric, subset, value). On
+    continuous or control-free data the ATE metrics are skipped (logged) and IWELBO stays."""
+    skip = effect_metrics_skip_reason(data_path)
+    if skip:
+        log.info("ATE metrics of %s skipped: %s", predictions_path, skip)
+    rows = [] if skip else [score_predictions(predictions_path, data_path, split_path)]
     for metric, value in iwelbo(data_path, split_path, model_path, iwelbo_particles,
                                 device, family=run.get("family") or None).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
                                    "value": value}]))
-    return _tidy(run, pd.concat(rows, ignore_index=True), out_path)
+    table = (pd.concat(rows, ignore_index=True) if rows
+             else pd.DataFrame(columns=["metric", "subset", "value"]))
+    return _tidy(run, table, out_path)
+
+
+def effect_metrics_skip_reason(data_path: str) -> str | None:
+    """Why the ATE metrics cannot be computed on a dataset, or None. They are defined on
+    log-normalised counts against the control mean (data_and_evaluation.md §5)."""
+    meta = ad.read_h5ad(data_path, backed="r")  # obs and uns only; X stays on disk
+    try:
+        if contract.value_kind(meta) == "continuous":
+            return ('the dataset is continuous (uns["value_kind"]); the ATE metrics are defined '
+                    "on log-normalised counts")
+        if not contract.has_controls(meta):
+            return "the dataset has no control cells; the ATE is each perturbation minus them"
+    finally:
+        meta.file.close()
+    return None
 
 
 def score_external(run: dict, data_path: str, split_path: str, predictions_path: str,
@@ -96,6 +120,41 @@ def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
     sbio.write_tsv(table, out_path)
+    return table
+
+
+def mask_recovery(data_path: str, latents_paths: list[str], runs: list[dict],
+                  out_path: str | None, threshold: float = 0.5) -> pd.DataFrame:
+    """Recovery of the dataset's planted mask by every masked run (precision / recall / F1 /
+    AUROC under both matching conventions; enrichment.recovery.planted_mask_recovery), one
+    row per run and matching; runs without a mask are skipped (logged)."""
+    from samsbench.enrichment import recovery
+
+    if len(latents_paths) != len(runs):
+        raise ValueError(f"{len(latents_paths)} latents files for {len(runs)} runs")
+    meta = ad.read_h5ad(data_path, backed="r")  # uns only; X stays on disk
+    try:
+        labels, true_mask = recovery.planted_mask(meta.uns)
+    except ValueError as exc:
+        raise ValueError(f"{data_path}: {exc}") from None
+    finally:
+        meta.file.close()
+    columns = [*RUN_KEYS, *recovery.MASK_RECOVERY_COLUMNS]
+    frames = []
+    for path, run in zip(latents_paths, runs):
+        try:
+            rows = recovery.planted_mask_recovery(labels, true_mask, ad.read_h5ad(path),
+                                                  threshold)
+        except ValueError as exc:
+            raise ValueError(f"{path} (run {run.get('model')}): {exc}") from None
+        if not len(rows):
+            log.info("run %s/%s/seed%s has no mask; skipped", run.get("model"),
+                     run.get("split"), run.get("seed"))
+            continue
+        frames.append(rows.assign(**{k: run.get(k, "") for k in RUN_KEYS})[columns])
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    if out_path is not None:
+        sbio.write_tsv(table, out_path)
     return table
 
 
