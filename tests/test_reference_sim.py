@@ -199,27 +199,37 @@ def test_normal_model_trains_and_evaluates_without_controls(tmp_path):
           "decoder_n_hidden": 16, "embedding_encoder_n_layers": 1,
           "embedding_encoder_n_hidden": 8, "likelihood": "normal",
           "encoder_input_normalization": "standardize", "mask_prior_prob": 0.13}
-    train_stage.train(data_path, split_path, hp, {"max_steps": 30, "batch_size": 32,
-                                                  "val_every": 10}, run_dir, 0, progress=False)
-    preds = os.path.join(run_dir, "predictions.h5ad")
-    frame = evaluate.predict(data_path, split_path, os.path.join(run_dir, "model.pt"), preds,
-                              n_particles=20, chunk=10)
-    assert np.isfinite(frame.to_numpy()).all()
-    assert (frame.to_numpy() < 0).any()  # the samples' mean, not log-normalised counts
     run = {"experiment": "e", "dataset": "d", "model": "m", "family": "sams_vae",
            "split": "random", "seed": 0}
-    table = evaluate.score(run, data_path, split_path, preds,
-                               os.path.join(run_dir, "model.pt"),
-                               os.path.join(run_dir, "metrics.tsv"), iwelbo_particles=10)
+    train_stage.train(data_path, split_path, hp, {"max_steps": 30, "batch_size": 32,
+                                                  "val_every": 10}, run_dir, 0, progress=False,
+                      identity=run)
+    preds = os.path.join(run_dir, "predictions.h5ad")
+    frame = evaluate.predict(data_path, split_path, os.path.join(run_dir, "model.pt"), preds,
+                             n_particles=20, chunk=10)
+    assert np.isfinite(frame.to_numpy()).all()
+    assert (frame.to_numpy() < 0).any()  # the samples' mean, not log-normalised counts
+    table = evaluate.score(run, data_path, split_path, preds, os.path.join(run_dir, "model.pt"),
+                           os.path.join(run_dir, "metrics.tsv"), iwelbo_particles=10)
     # ATE metrics skipped (continuous, no controls); IWELBO reported and finite
     assert set(table["metric"]) == {"val_iwelbo", "test_iwelbo"}
     assert np.isfinite(table["value"]).all()
     latents = ad.read_h5ad(os.path.join(run_dir, "perturbation_latents.h5ad"))
+    stage_tsv = tmp_path / "mask_recovery.tsv"
     out = evaluate.mask_recovery(data_path, [os.path.join(
-        run_dir, "perturbation_latents.h5ad")], [run], str(tmp_path / "mask_recovery.tsv"))
-    assert pd.read_csv(tmp_path / "mask_recovery.tsv", sep="\t").shape == out.shape
+        run_dir, "perturbation_latents.h5ad")], [run], str(stage_tsv))
     assert list(out["matching"]) == ["mask", "probability"]
     assert latents.n_obs == 6 and out["auroc"].between(0, 1).all()
+    # the command line runs the same stage (identity from summary.json): the same table
+    from samsbench.cli import main
+
+    cli_tsv = tmp_path / "cli.tsv"
+    assert main(["mask-recovery", "--data", data_path, "--run", run_dir,
+                 "--out", str(cli_tsv)]) == 0
+    cli = pd.read_csv(cli_tsv, sep="\t")
+    assert list(cli.columns) == list(out.columns)
+    assert cli[["model", "matching", "f1", "auroc"]].equals(
+        pd.read_csv(stage_tsv, sep="\t")[["model", "matching", "f1", "auroc"]])
 
 
 # -- ported onto the stages: typed hyperparameters, the registry entry, mask_kl_weight --------

@@ -72,7 +72,9 @@ def all_targets():
 
 def dataset_reader(experiment):
     """The READERS entry (samsbench.stages.data) of an experiment's dataset."""
-    return sbdata.reader(config["datasets"][config["experiments"][experiment]["dataset"]])
+    return sbdata.reader(
+        config["datasets"][config["experiments"][experiment]["dataset"]]
+    )
 
 
 def planted_targets(experiment):

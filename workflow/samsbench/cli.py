@@ -181,6 +181,18 @@ def _enrich(args):
     return 0
 
 
+def _mask_recovery(args):
+    from samsbench import io as sbio
+    from samsbench.stages import enrich, evaluate
+
+    runs = [enrich.read_identity(run) for run in args.run]
+    latents = [sbio.run_file(run, "latents") for run in args.run]
+    table = evaluate.mask_recovery(args.data, latents, runs, args.out, threshold=args.threshold)
+    if args.out is None:
+        table.to_csv(sys.stdout, sep="\t", index=False)
+    return 0
+
+
 def _config_options(p, experiment=True):
     p.add_argument("--config", default="config.yaml", help="config.yaml to read (validated)")
     if experiment:
@@ -309,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "KEGG_2021_Human (default: enrichment.recovery_library)")
     p.add_argument("--out", help="output directory (default: the run directory)")
     p.set_defaults(func=_enrich)
+
+    p = sub.add_parser(
+        "mask-recovery", help="recovery of a simulated dataset's planted mask by trained runs",
+        description="Precision, recall, F1 and AUROC of each run's q(mask) against the true "
+        'mask in the dataset\'s uns["simulation"], under both matching conventions (the '
+        "workflow's mask_recovery step; docs/mask_recovery.md). Runs without a mask are "
+        "skipped.")
+    p.add_argument("--data", required=True, help="prepared dataset h5ad with a planted mask")
+    p.add_argument("--run", action="append", required=True,
+                   help="run directory (holds summary.json and the latents); repeat for several")
+    p.add_argument("--threshold", type=fraction, default=0.5,
+                   help="q(mask) above which an entry is active (default 0.5)")
+    p.add_argument("--out", default=None, help="TSV to write (default: stdout)")
+    p.set_defaults(func=_mask_recovery)
     return parser
 
 
