@@ -145,12 +145,14 @@ def data_ate(adata: ad.AnnData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.Data
 
 
 def write_predictions(
-    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None
+    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None,
+    truth_cells: list[str] | None = None,
 ) -> None:
     """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
 
     Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
-    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``.
+    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``;
+    ``truth_cells`` (cell ids to score against, see ``truth_cells``) to ``uns["truth_cells"]``.
     """
     values = np.asarray(means.to_numpy(), dtype=np.float64)
     where = f"predictions for {os.fspath(path)}"
@@ -171,6 +173,8 @@ def write_predictions(
     )
     adata.uns["control_label"] = str(control_label)
     adata.uns["metadata"] = _h5ad_safe(metadata or {})
+    if truth_cells is not None:
+        adata.uns[TRUTH_CELLS_KEY] = np.asarray(truth_cells, dtype=str)
     contract.write_h5ad_atomic(adata, path)
 
 
@@ -420,7 +424,10 @@ def subsets_from_split(labels_per_cell, split_per_cell, control: str) -> dict[st
 def score(predictions_path, data_path, split_path) -> pd.DataFrame:
     """Score a predictions h5ad against a prepared dataset and its split TSV."""
     data = contract.read(data_path)
-    true_ate = data_ate(data)
+    # A predictions file may name the cells it is scored against (the replicate ceiling).
+    keep = truth_cells(predictions_path, data)
+    truth = data if keep is None else data[keep]
+    true_ate = data_ate(truth)
     pred_ate = read_predictions(predictions_path, data)
     if not pred_ate.index.isin(true_ate.index).any():
         raise PredictionsError(
@@ -428,8 +435,14 @@ def score(predictions_path, data_path, split_path) -> pd.DataFrame:
         )
     split = read_split(split_path, data.obs_names)
     labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
-    subsets = subsets_from_split(labels, split, contract.control_label(data))
-    return ate_metrics(pred_ate, true_ate, subsets)
+    control = contract.control_label(data)
+    subsets = {**subsets_from_split(labels, split, control),
+               **combo_seen_subsets(labels, split, control)}
+    cells = truth.obs[contract.PERTURBATION_KEY].astype(str).value_counts()
+    reference = perturbed_reference(true_ate, cells)
+    return pd.concat([ate_metrics(pred_ate, true_ate, subsets),
+                      systema_metrics(pred_ate, true_ate, subsets, reference)],
+                     ignore_index=True)
 
 
 def add_score_parser(subparsers) -> argparse.ArgumentParser:
@@ -466,3 +479,142 @@ def run_score(args: argparse.Namespace) -> int:
     metrics.to_csv(tmp, sep="\t", index=False)
     os.replace(tmp, out)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the reference (issue 13): scoring against a subset of cells (the replicate ceiling),
+# Systema-style metrics, GEARS' combo_seen tags and baseline-normalised scores
+# --------------------------------------------------------------------------------------------
+
+TRUTH_CELLS_KEY = "truth_cells"
+EXTRA_METRICS = ("pearson_delta_perturbed", "centroid_accuracy")
+LOWER_IS_BETTER = frozenset({"effect_rmse", "discrimination_rank"})
+BASELINE_FAMILIES = ("control_mean", "additive_mean", "train_mean", "linear")
+CEILING_FAMILY = "replicate"
+
+
+def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
+    """Boolean per data cell from the predictions' ``uns["truth_cells"]`` (cell ids the
+    predictions must be scored against), or None when the file has no such record."""
+    import h5py
+
+    path = os.fspath(predictions_path)
+    with h5py.File(path, "r") as fh:
+        if "uns" not in fh or TRUTH_CELLS_KEY not in fh["uns"]:
+            return None
+        ids = fh["uns"][TRUTH_CELLS_KEY][()]
+    ids = pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in np.ravel(ids)])
+    keep = pd.Index(data_adata.obs_names.astype(str)).isin(ids)
+    if int(keep.sum()) != len(ids.unique()):
+        unknown = ids.difference(data_adata.obs_names.astype(str))
+        raise PredictionsError(
+            f'{path}: uns["{TRUTH_CELLS_KEY}"] names {len(unknown)} cells that are not in the '
+            f"data: {_first(unknown)}"
+        )
+    return np.asarray(keep)
+
+
+def perturbed_reference(true_ate: pd.DataFrame, cells_per_label: pd.Series) -> np.ndarray:
+    """Mean of all perturbed cells minus the control mean: the cell-weighted mean of the data
+    ATE rows (Systema measures effects against this instead of the control)."""
+    weights = cells_per_label.reindex(true_ate.index).fillna(0).to_numpy(dtype=np.float64)
+    if weights.sum() <= 0:
+        raise ValueError("no perturbed cells for the perturbed-mean reference")
+    return weights @ true_ate.to_numpy(dtype=np.float64) / weights.sum()
+
+
+def centroid_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Share of perturbations whose prediction is strictly closer (Euclidean) to their own
+    observed effect than to every other perturbation's; NaN with fewer than two."""
+    if pred.shape[0] < 2:
+        return math.nan
+    dist = cdist(pred, true, metric="euclidean")
+    own = np.diag(dist).copy()
+    np.fill_diagonal(dist, np.inf)
+    return float(np.mean(own < dist.min(axis=1)))
+
+
+def systema_metrics(pred_ate: pd.DataFrame, true_ate: pd.DataFrame,
+                    subsets: dict[str, list[str]], reference: np.ndarray) -> pd.DataFrame:
+    """``pearson_delta_perturbed``: mean per-perturbation Pearson of (predicted - reference)
+    vs (observed - reference), the reference being the mean of all perturbed cells, so that
+    a prediction of the average perturbation scores ~0 (it scores high on pearson_delta);
+    ``centroid_accuracy`` (see there). Same alignment and subset rules as ``ate_metrics``."""
+    pred_ate, true_ate = _with_str_axes(pred_ate), _with_str_axes(true_ate)
+    labels = true_ate.index[true_ate.index.isin(pred_ate.index)]
+    genes = true_ate.columns[true_ate.columns.isin(pred_ate.columns)]
+    ref = pd.Series(reference, index=true_ate.columns).loc[genes].to_numpy()
+    true = true_ate.loc[labels, genes].to_numpy(dtype=np.float64)
+    pred = pred_ate.loc[labels, genes].to_numpy(dtype=np.float64)
+    position = pd.Series(np.arange(len(labels)), index=labels)
+    ordered = [s for s in SUBSET_ORDER if s in subsets]
+    ordered += sorted(s for s in subsets if s not in SUBSET_ORDER)
+    records = []
+    for name in ordered:
+        idx = np.sort(position.reindex(pd.Index(pd.unique(np.asarray(subsets[name], dtype=str))))
+                      .dropna().to_numpy(dtype=int))
+        if idx.size == 0:
+            continue
+        values = {
+            "pearson_delta_perturbed": _nanmean(_row_pearson(pred[idx] - ref, true[idx] - ref)),
+            "centroid_accuracy": centroid_accuracy(pred[idx], true[idx]),
+        }
+        records += [(m, name, values[m]) for m in EXTRA_METRICS if np.isfinite(values[m])]
+    return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+
+
+def combo_seen_subsets(labels_per_cell, split_per_cell, control: str) -> dict[str, list[str]]:
+    """GEARS' tags for the test combinations: ``combo_seen{k}`` lists the combinations with
+    test cells of which k components were seen in training as a single perturbation (have
+    training cells under their own label). Empty tags are left out."""
+    labels = np.asarray(labels_per_cell, dtype=str)
+    split = np.asarray(split_per_cell, dtype=str)
+    seen = set(labels[(split == "train") & (labels != control)])
+    out: dict[str, list[str]] = {}
+    for label in sorted(set(labels[(split == "test") & (labels != control)])):
+        parts = contract.components(label)
+        if len(parts) < 2:
+            continue
+        out.setdefault(f"combo_seen{sum(p in seen for p in parts)}", []).append(label)
+    return dict(sorted(out.items()))
+
+
+def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``normalised`` = (u - b) / (r - b) and ``normalised_note`` to a tidy metrics table.
+
+    Per experiment x split x metric x subset: b is the best simple baseline (families in
+    BASELINE_FAMILIES; best = highest, or lowest for LOWER_IS_BETTER metrics; each model's
+    value averaged over seeds), r the replicate ceiling (family ``replicate``, averaged over
+    seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
+    with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
+    ceiling is not better than the baseline.
+    """
+    out = table.copy()
+    if out.empty or "family" not in out:
+        out["normalised"], out["normalised_note"] = np.nan, ""
+        return out
+    keys = [k for k in ("experiment", "split", "metric", "subset") if k in out]
+    family = out["family"].fillna("").astype(str)
+    by_model = out.assign(family=family).groupby(keys + ["family", "model"], dropna=False)[
+        "value"].mean().reset_index()
+    base = by_model[by_model["family"].isin(BASELINE_FAMILIES)].copy()
+    base["oriented"] = np.where(base["metric"].isin(LOWER_IS_BETTER), -1, 1) * base["value"]
+    best = base.sort_values("oriented", kind="stable").groupby(keys, dropna=False).tail(1)
+    best = best[keys + ["value"]].rename(columns={"value": "_b"})
+    ceiling = by_model[by_model["family"] == CEILING_FAMILY].groupby(keys, dropna=False)[
+        "value"].mean().rename("_r").reset_index()
+    merged = out.merge(best, on=keys, how="left").merge(ceiling, on=keys, how="left")
+    sign = np.where(merged["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    gap = sign * (merged["_r"] - merged["_b"])
+    note = np.select(
+        [merged["_b"].isna(), merged["_r"].isna(), ~(gap > 0)],
+        ["no simple baseline for this metric and subset",
+         "no replicate ceiling for this metric and subset",
+         "the replicate ceiling is not better than the best simple baseline"],
+        default="",
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (merged["value"] - merged["_b"]) / (merged["_r"] - merged["_b"])
+    out["normalised"] = np.where(note == "", value, np.nan)
+    out["normalised_note"] = note
+    return out

@@ -254,7 +254,7 @@ def complex_recovery_plot(table: pd.DataFrame, out: str | os.PathLike) -> None:
         return
     hue_order = [
         h
-        for h in ("mask_jaccard", "embedding_cosine", "effect_pearson")
+        for h in ("mask_jaccard", "embedding_abs_cosine", "effect_abs_pearson")
         if h in set(data["similarity"])
     ]
     splits = sorted(data["split"].astype(str).unique())

@@ -89,8 +89,11 @@ def predict_run(data_path: str, split_path: str, model_path: str, out_path: str,
     labels = [data.control] + sorted(set(data.labels) - {data.control})
     means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk)
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
+    # A model scored against only some cells (the replicate ceiling) names them.
+    truth = model.scored_cells(data.cell_ids) if hasattr(model, "scored_cells") else None
     evaluate.write_predictions(frame, out_path, data.control,
-                               {"model_path": model_path, "ate_particles": n_particles})
+                               {"model_path": model_path, "ate_particles": n_particles},
+                               truth_cells=truth)
     return frame
 
 
@@ -149,6 +152,9 @@ def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
+        from samsbench import evaluate
+
+        table = evaluate.normalised_scores(table)  # beside the raw value (issue 13)
     write_tsv(table, out_path)
     return table
 
