@@ -47,9 +47,9 @@ class Replicate(MeanEffectModel):
         rows = np.flatnonzero(predicting)
         for start in range(0, len(rows), 8192):
             block = rows[start : start + 8192]
-            x = data.X[torch.from_numpy(block).to(data.device)]
+            x = data.X[torch.from_numpy(block).to(data.device)].double()  # as the scorer
             y = torch.log2(1e4 * x / x.sum(1, keepdim=True).clamp_min(1e-12) + 1)
-            y = y.double().cpu().numpy()
+            y = y.cpu().numpy()
             for label in np.unique(data.labels[block]):
                 sel = data.labels[block] == label
                 sums[label] = sums.get(label, 0) + y[sel].sum(0)
