@@ -11,7 +11,9 @@ perturbations of a run this writes both, on the dataset's genes in the dataset's
   cells from the model's generative process (fresh global and local latents per cell, counts
   from the decoder's likelihood with library sizes resampled from the real control cells);
   ``mode: mean`` writes, for each perturbation, ``n_cells`` copies of (real control mean +
-  the run's predicted ATE), which makes cell-eval's ``pearson_delta`` equal to ours.
+  the run's predicted ATE), which makes cell-eval's ``pearson_delta`` equal to ours (values
+  below 0, which cell-eval refuses, are set to 0 and counted in ``uns["clipped_values"]``;
+  only where none was clipped is the equality exact).
   ``auto`` samples for models with a likelihood; mean-effect baselines always write means.
 
 Values are ln(1 + 10^4 x / total) per cell, what cell-eval expects (scanpy's
@@ -132,8 +134,14 @@ def export_cell_eval(model_path: str, data_path: str, split_path: str, out_dir: 
             pred_ate = pd.DataFrame(means[1:] - means[0], index=test, columns=data.genes)
         # mean log2 -> mean ln: one factor ln 2; the real control mean is the anchor
         pred = control_X.mean(axis=0) + math.log(2.0) * pred_ate.loc[test, genes].to_numpy()
-        pred_X = np.repeat(pred, n_cells, axis=0)
+        # cell-eval refuses negative log values; a mean below 0 is no valid profile anyway.
+        # Clipped values change the delta there, so their number is recorded.
+        clipped = int((pred < 0).sum())
+        if clipped:
+            log.warning("%d predicted mean values below 0 were set to 0", clipped)
+        pred_X = np.repeat(np.clip(pred, 0.0, None), n_cells, axis=0)
     else:
+        clipped = 0
         counts = truth.X[real_rows][real_labels == control]
         libraries = np.asarray(counts.sum(axis=1)).ravel()
         pred_X = ln_cp10k(sample_cells(model, data, test, n_cells, libraries, seed))
@@ -147,7 +155,7 @@ def export_cell_eval(model_path: str, data_path: str, split_path: str, out_dir: 
     predicted = _frame(np.vstack([pred_X, control_X]),
                        np.concatenate([pred_labels, np.full(len(control_X), control)]), genes,
                        {**uns, "prediction_mode": "mean" if use_mean else "sample",
-                        "cells_per_perturbation": int(n_cells),
+                        "cells_per_perturbation": int(n_cells), "clipped_values": clipped,
                         "control_cells": "real, copied from real.h5ad"})
     real = _frame(real_X, real_labels, genes, {**uns, "cells": "real"})
     contract.write_h5ad_atomic(predicted, paths["predicted"])
