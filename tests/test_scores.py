@@ -100,3 +100,16 @@ def test_combo_seen_tags():
     # seen in training as singles: A, B (C only in test)
     assert evaluate.combo_seen_subsets(labels, split, "ctrl") == {
         "combo_seen0": ["C+D", "D+E"], "combo_seen1": ["A+C"], "combo_seen2": ["A+B"]}
+
+
+def test_score_table_puts_raw_and_normalised_side_by_side():
+    rows = []
+    for family, value, seed in (("linear", 0.4, 0), ("replicate", 0.8, 0), ("sams_vae", 0.5, 0),
+                                ("sams_vae", 0.7, 1)):
+        rows.append({"model": family, "family": family, "metric": "pearson_delta",
+                     "value": value, "seed": seed})
+    table = evaluate.score_table(evaluate.normalised_scores(_table(rows)))
+    assert list(table["model"]) == ["replicate", "sams_vae", "linear"]
+    row = table.set_index("model").loc["sams_vae"]
+    assert row["pearson_delta"] == pytest.approx(0.6)
+    assert row["pearson_delta_normalised"] == pytest.approx(0.5)  # (0.6 - 0.4) / (0.8 - 0.4)

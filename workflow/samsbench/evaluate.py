@@ -618,3 +618,27 @@ def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
     out["normalised"] = np.where(note == "", value, np.nan)
     out["normalised_note"] = note
     return out
+
+
+SCORE_TABLE_METRICS = ("pearson_delta", "pearson_delta_perturbed", "ate_pearson", "ate_r2",
+                       "effect_rmse", "centroid_accuracy", "discrimination_rank")
+
+
+def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
+    """One row per model of a normalised metrics table (mean over seeds and splits), raw and
+    normalised value side by side per metric, on one subset; the ceiling's row included."""
+    part = metrics[metrics["subset"] == subset]
+    part = part[part["metric"].isin(SCORE_TABLE_METRICS)]
+    if part.empty:
+        return pd.DataFrame(columns=["model", "family"])
+    grouped = part.groupby(["model", "family", "metric"], dropna=False)[
+        ["value", "normalised"]].mean().reset_index()
+    wide = grouped.pivot(index=["model", "family"], columns="metric",
+                         values=["value", "normalised"])
+    columns = {}
+    for metric in [m for m in SCORE_TABLE_METRICS if m in set(grouped["metric"])]:
+        columns[metric] = wide[("value", metric)]
+        columns[f"{metric}_normalised"] = wide[("normalised", metric)]
+    table = pd.DataFrame(columns).reset_index()
+    first = SCORE_TABLE_METRICS[0] if SCORE_TABLE_METRICS[0] in table else table.columns[2]
+    return table.sort_values(first, ascending=False, kind="stable").reset_index(drop=True)
