@@ -424,11 +424,11 @@ def subsets_from_split(labels_per_cell, split_per_cell, control: str) -> dict[st
 def score(predictions_path, data_path, split_path) -> pd.DataFrame:
     """Score a predictions h5ad against a prepared dataset and its split TSV."""
     data = contract.read(data_path)
+    pred_ate = read_predictions(predictions_path, data)  # checks the file first
     # A predictions file may name the cells it is scored against (the replicate ceiling).
     keep = truth_cells(predictions_path, data)
     truth = data if keep is None else data[keep]
     true_ate = data_ate(truth)
-    pred_ate = read_predictions(predictions_path, data)
     if not pred_ate.index.isin(true_ate.index).any():
         raise PredictionsError(
             f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
