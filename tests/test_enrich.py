@@ -444,15 +444,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
-    """Acceptance on the embedded simulated benchmark (issue 6): the default config's data,
-    split and hyperparameters, trained here (one thread, as the workflow's train rule).
+    """Acceptance on the embedded simulated benchmark (issues 6 and 13): the default config's
+    data, split and hyperparameters, trained here (one thread, as the workflow's train rule).
 
-    Measured with these settings: the SAMS-VAE with latent-basis alignment (`sams_vae_aligned`)
-    has all 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Porphyrin
-    5.2e-5, Histidine 5.2e-5, IL-17 1.5e-3; dimension Jaccard 0.60, 1.00, 1.00, 0.75);
-    complex-recovery AUROC on the planted programs (best similarity): sams_vae_aligned 0.987
-    against cpa_vae 0.550. The default run (`make run`) gives the same; there the paper's
-    SAMS-VAE without alignment has 2 of 4 (AUROC 0.894, docs/mask_recovery.md).
+    Measured in the default run (`make run`, issue 13's simulation: programs of unequal
+    magnitude that share dimensions, plus noise; sign-free similarities): `sams_vae_aligned`
+    has 3 of the 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Histidine
+    0.048, IL-17 0.024; Porphyrin is top hit at FDR 0.15); its mask-Jaccard AUROC is 0.786
+    (the true masks: 0.943, chance 0.5). CPA-VAE, which has no masks, scores 0.969 on
+    |embedding cosine| and 0.955 on |effect Pearson|, sams_vae_aligned 0.948 and 0.914: the
+    old claim that SAMS-VAE beats CPA-VAE at complex recovery compared Jaccard with a number
+    capped at 0.55 by the sign artefact and does not hold.
     """
     from samsbench import config, tasks
     from samsbench.data import contract
@@ -481,13 +483,16 @@ def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
         best[model] = out["complex_recovery"]["auroc"].max()
         if model == "sams_vae_aligned":
             planted = out["planted_programs"]
+            rec = out["complex_recovery"].set_index("similarity")["auroc"]
+            jaccard = {model: rec["mask_jaccard"]}
     print(planted.to_string(index=False), best)
     recovered = planted.groupby("program")["recovered"].all()
-    assert recovered.all() and set(recovered.index) == set(programs), planted.to_string(index=False)
+    assert set(recovered.index) == set(programs)
+    assert recovered.sum() >= 3, planted.to_string(index=False)
     hits = planted[planted["recovered"]]
     assert (hits["top_term"] == hits["program"]).all() and (hits["top_fdr"] < 0.05).all()
-    assert best["sams_vae_aligned"] > best["cpa_vae"] + 0.1
-    assert best["sams_vae_aligned"] > 0.6  # the baselines' similarities score 0.5 (no structure)
+    assert 0.7 < jaccard["sams_vae_aligned"] < 0.943  # above chance, below the true masks
+    assert best["cpa_vae"] > 0.9 and best["sams_vae_aligned"] > 0.9
 
 
 def test_replogle_guide_pair_labels_map_to_their_gene():
