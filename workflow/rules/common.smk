@@ -62,6 +62,7 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
+            targets.append(f"{RESULTS}/{experiment}/scores_table.tsv")
         targets.extend(enrichment_targets(experiment))
     return targets
 
