@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from samsbench import evaluate, inference, tasks
+from samsbench import metrics
 from samsbench.data import contract
+from samsbench.stages import evaluate
+from samsbench.stages import train as train_stage
 from samsbench.models import build
 from samsbench.models.linear import LinearModel
 from samsbench.models.replicate import Replicate, split_halves
@@ -31,23 +33,23 @@ class FakeData:
 def test_train_mean_hand_case():
     data = FakeData({"non-targeting": [1.0, 2.0, 0.0], "A": [2.0, 2.0, 0.0],
                      "B": [1.0, 5.0, 1.0], "A+B": [4.0, 2.0, 2.0]})
-    model = TrainMean()
+    model = TrainMean(3, [])
     model.fit(data)
     # effects (1,0,0), (0,3,1), (3,0,2): their mean (4/3, 1, 1), each label counted once
     expected = np.array([1.0 + 4 / 3, 3.0, 1.0])
     out = model.predict_means(["A", "UNSEEN", "C+D", "non-targeting"])
     np.testing.assert_allclose(out[:3], np.tile(expected, (3, 1)))
     np.testing.assert_allclose(out[3], [1.0, 2.0, 0.0])
-    again = TrainMean()
-    again.load_state(inference._to_numpy(inference._to_tensor(model.state())))
+    again = TrainMean(3, [])
+    again.load_state_dict(model.state_dict())  # the round trip through model.pt
     np.testing.assert_allclose(again.predict_means(["A", "non-targeting"]), out[[0, 3]])
 
 
 def test_train_mean_needs_control_and_perturbations():
     with pytest.raises(ValueError, match="control cells"):
-        TrainMean().fit(FakeData({"A": [1.0]}))
+        TrainMean(3, []).fit(FakeData({"A": [1.0]}))
     with pytest.raises(ValueError, match="at least one perturbation"):
-        TrainMean().fit(FakeData({"non-targeting": [1.0]}))
+        TrainMean(3, []).fit(FakeData({"non-targeting": [1.0]}))
 
 
 def _linear_case(seed=0, n_singles=6, n_genes=8):
@@ -64,7 +66,7 @@ def _linear_case(seed=0, n_singles=6, n_genes=8):
 def test_linear_equals_a_direct_numpy_ridge():
     data, singles, control = _linear_case()
     k, lam = 3, 0.7
-    model = LinearModel({"linear_pca_dim": k, "linear_ridge_penalty": lam})
+    model = LinearModel(8, [], {"linear_pca_dim": k, "linear_ridge_penalty": lam})
     model.fit(data)
 
     # Ahlmann-Eltze et al.: Y (genes x perts) ≈ G W Pᵀ + b, written out with numpy directly
@@ -87,7 +89,7 @@ def test_linear_equals_a_direct_numpy_ridge():
 
 def test_linear_full_rank_without_penalty_reproduces_singles_and_adds_combinations():
     data, singles, control = _linear_case(n_singles=4)
-    model = LinearModel({"linear_pca_dim": 10, "linear_ridge_penalty": 0.0})
+    model = LinearModel(8, [], {"linear_pca_dim": 10, "linear_ridge_penalty": 0.0})
     model.fit(data)
     out = model.predict_means(singles + ["G1+G3"])
     effects = np.stack([data.means[s] - control for s in singles])
@@ -98,12 +100,12 @@ def test_linear_full_rank_without_penalty_reproduces_singles_and_adds_combinatio
 
 
 def test_linear_defaults_are_the_published_ones_and_bad_values_fail():
-    model = LinearModel({})
+    model = LinearModel(8, [], {})
     assert (model.pca_dim, model.ridge) == (10, 0.1)
     with pytest.raises(ValueError, match="linear_pca_dim"):
-        LinearModel({"linear_pca_dim": 0})
+        LinearModel(8, [], {"linear_pca_dim": 0})
     with pytest.raises(ValueError, match="linear_ridge_penalty"):
-        LinearModel({"linear_ridge_penalty": -1})
+        LinearModel(8, [], {"linear_ridge_penalty": -1})
 
 
 # ------------------------------------------------------------------------------ replicate
@@ -136,17 +138,17 @@ def test_replicate_is_scored_against_the_other_half_only(tmp_path):
                           "split": ["train"] * 17 + ["test"] * 11})
     split.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
     run = tmp_path / "run"
-    tasks.train_run(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
+    train_stage.train(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
                     {"family": "replicate", "replicate_seed": 1}, {}, str(run), 0,
                     progress=False)
-    tasks.predict_run(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
+    evaluate.predict(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
                       str(run / "model.pt"), str(run / "predictions.h5ad"))
-    scored = evaluate.score(run / "predictions.h5ad", tmp_path / "data.h5ad",
-                            tmp_path / "split.tsv").set_index(["metric", "subset"])["value"]
+    scored = evaluate.score_predictions(run / "predictions.h5ad", tmp_path / "data.h5ad",
+                                        tmp_path / "split.tsv").set_index(["metric", "subset"])["value"]
 
     # By hand: per label, the predicting half's mean log2(CP10k+1) against the other half's.
     labels = adata.obs["perturbation"].to_numpy()
-    y = evaluate.log_cp10k(adata.X.toarray())
+    y = metrics.log_cp10k(adata.X.toarray())
     half = split_halves(labels, seed=1)
 
     def ate(rows):
@@ -178,3 +180,17 @@ def test_new_baselines_are_registered():
     for family, cls in (("train_mean", TrainMean), ("linear", LinearModel),
                         ("replicate", Replicate)):
         assert isinstance(build(family, 3, ["A"], {}), cls)
+
+
+def test_baseline_hyperparameters_are_typed_and_scoped_to_their_family():
+    from samsbench.models import HyperparameterError, declared, hyperparameters
+
+    assert hyperparameters("linear", {"linear_pca_dim": 4.0}).linear_pca_dim == 4
+    assert hyperparameters("replicate", {}).replicate_seed == 0
+    assert "linear_pca_dim" not in declared("train_mean")
+    with pytest.raises(HyperparameterError, match="linear: unknown hyperparameter 'linear_pca'"):
+        build("linear", 3, ["A"], {"linear_pca": 4})
+    with pytest.raises(HyperparameterError, match="replicate_seed' must be int"):
+        build("replicate", 3, ["A"], {"replicate_seed": "one"})
+    with pytest.raises(HyperparameterError, match="train_mean: unknown hyperparameter"):
+        build("train_mean", 3, ["A"], {"replicate_seed": 1})

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import TINY_HP, tiny_dataset
-from samsbench import evaluate, export, tasks
+from helpers import for_family, tiny_dataset
+from samsbench import metrics
 from samsbench.cli import main
+from samsbench.stages import evaluate, export
+from samsbench.stages import train as train_stage
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,8 @@ def baseline_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     data, split = tiny_dataset(str(d), kind="ood", fraction=0.5, n_doubles=10)
     run = d / "run"
-    tasks.train_run(data, split, {"family": "linear"}, {}, str(run), 0, progress=False)
-    tasks.predict_run(data, split, str(run / "model.pt"), str(run / "predictions.h5ad"))
+    train_stage.train(data, split, {"family": "linear"}, {}, str(run), 0, progress=False)
+    evaluate.predict(data, split, str(run / "model.pt"), str(run / "predictions.h5ad"))
     return d, data, split, run
 
 
@@ -58,7 +60,7 @@ def test_export_files_mean_mode(baseline_run):
 def test_export_sample_mode_draws_cells_from_the_model(baseline_run, tmp_path):
     d, data, split, _ = baseline_run
     run = tmp_path / "cpa"
-    tasks.train_run(data, split, {"family": "cpa_vae", **TINY_HP},
+    train_stage.train(data, split, {"family": "cpa_vae", **for_family("cpa_vae")},
                     {"max_steps": 3, "batch_size": 64, "val_every": 3}, str(run), 0,
                     progress=False)
     paths = export.export_cell_eval(str(run / "model.pt"), data, split, str(tmp_path / "x"),
@@ -81,7 +83,7 @@ def test_cell_eval_pearson_delta_equals_ours(baseline_run):
                                     n_cells=3)
     # the linear baseline's means stay >= 0 here, so no value was clipped: exact equality
     assert ad.read_h5ad(paths["predicted"]).uns["clipped_values"] == 0
-    ours = evaluate.score(run / "predictions.h5ad", data, split)
+    ours = evaluate.score_predictions(run / "predictions.h5ad", data, split)
     ours = ours[ours["metric"] == "pearson_delta"].set_index("subset")["value"]
     exe = shutil.which("cell-eval") or str(__import__("pathlib").Path(sys.executable).parent
                                            / "cell-eval")
@@ -92,9 +94,9 @@ def test_cell_eval_pearson_delta_equals_ours(baseline_run):
     assert len(theirs) >= 2
     # per perturbation: our pearson_delta over a one-perturbation subset
     pred_ate = evaluate.read_predictions(run / "predictions.h5ad", ad.read_h5ad(data))
-    true_ate = evaluate.data_ate(ad.read_h5ad(data))
+    true_ate = metrics.data_ate(ad.read_h5ad(data))
     for _, row in theirs.iterrows():
-        one = evaluate.ate_metrics(pred_ate, true_ate, {"p": [row["perturbation"]]})
+        one = metrics.ate_metrics(pred_ate, true_ate, {"p": [row["perturbation"]]})
         value = one.set_index("metric")["value"]["pearson_delta"]
         assert row["pearson_delta"] == pytest.approx(value, abs=1e-6)
     assert theirs["pearson_delta"].mean() == pytest.approx(ours["test"], abs=1e-6)

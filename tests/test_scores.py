@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samsbench import evaluate
+from samsbench import metrics
 
 
 def _table(rows):
@@ -24,7 +24,7 @@ def test_normalised_score_hand_case():
                                             "replicate": 0.2, "sams_vae": 0.5})):
         for family, value in values.items():
             rows.append({"model": family, "family": family, "metric": metric, "value": value})
-    out = evaluate.normalised_scores(_table(rows)).set_index(["metric", "model"])
+    out = metrics.normalised_scores(_table(rows)).set_index(["metric", "model"])
     # higher is better: b = 0.5 (additive_mean), r = 0.9 -> (0.7 - 0.5) / 0.4 = 0.5
     assert out.loc[("pearson_delta", "sams_vae"), "normalised"] == pytest.approx(0.5)
     assert out.loc[("pearson_delta", "control_mean"), "normalised"] == pytest.approx(-0.75)
@@ -51,7 +51,7 @@ def test_normalised_score_averages_seeds_and_states_why_it_is_undefined():
         {"model": "lin", "family": "linear", "metric": "effect_rmse", "value": 0.5},
         {"model": "m", "family": "sams_vae", "metric": "effect_rmse", "value": 0.4},
     ]
-    out = evaluate.normalised_scores(_table(rows))
+    out = metrics.normalised_scores(_table(rows))
     assert len(out) == len(rows) and list(out["value"]) == [r["value"] for r in rows]
     m = out[out["model"] == "m"].set_index("metric")
     assert m.loc["ate_pearson", "normalised"] == pytest.approx((0.75 - 0.5) / (1.0 - 0.5))
@@ -68,9 +68,9 @@ def test_systema_pearson_and_centroid_accuracy_hand_case():
     pred = pd.DataFrame([[2.0, 0.0, 2.0, 1.0], [1.0, 2.0, 2.0, 0.5], [1.0, 2.0, 2.0, 0.0]],
                         index=["A", "B", "C"], columns=genes)
     cells = pd.Series({"A": 1, "B": 2, "C": 1})
-    ref = evaluate.perturbed_reference(true, cells)
+    ref = metrics.perturbed_reference(true, cells)
     np.testing.assert_allclose(ref, [2.0, 1.0, 1.0, 0.75])  # (1*A + 2*B + 1*C) / 4
-    out = evaluate.systema_metrics(pred, true, {"all": ["A", "B", "C"]}, ref)
+    out = metrics.ate_metrics(pred, true, {"all": ["A", "B", "C"]}, ref)
     value = out.set_index("metric")["value"]
     expected = np.mean([np.corrcoef(pred.loc[p] - ref, true.loc[p] - ref)[0, 1] for p in "ABC"])
     assert value["pearson_delta_perturbed"] == pytest.approx(expected)
@@ -86,19 +86,21 @@ def test_predicting_the_average_perturbation_scores_high_on_pearson_delta_only()
     mean = pd.DataFrame(np.tile(true.mean().to_numpy(), (8, 1)), index=true.index,
                         columns=true.columns)
     mean += 1e-3 * rng.normal(0, 1, mean.shape)  # not exactly constant after centring
-    ref = evaluate.perturbed_reference(true, pd.Series(1, index=true.index))
+    ref = metrics.perturbed_reference(true, pd.Series(1, index=true.index))
     subsets = {"all": list(true.index)}
-    classic = evaluate.ate_metrics(mean, true, subsets).set_index("metric")["value"]
-    systema = evaluate.systema_metrics(mean, true, subsets, ref).set_index("metric")["value"]
-    assert classic["pearson_delta"] > 0.9
-    assert abs(systema["pearson_delta_perturbed"]) < 0.2
+    scores = metrics.ate_metrics(mean, true, subsets, ref).set_index("metric")["value"]
+    assert scores["pearson_delta"] > 0.9
+    assert abs(scores["pearson_delta_perturbed"]) < 0.2
+    # without a reference, the reference metrics are left out
+    plain = metrics.ate_metrics(mean, true, subsets)
+    assert list(plain["metric"]) == list(metrics.METRICS)
 
 
 def test_combo_seen_tags():
     labels = ["ctrl", "A", "B", "C", "A+B", "A+C", "C+D", "D+E", "A+B", "B"]
     split = ["train", "train", "train", "test", "test", "test", "test", "test", "train", "test"]
     # seen in training as singles: A, B (C only in test)
-    assert evaluate.combo_seen_subsets(labels, split, "ctrl") == {
+    assert metrics.combo_seen_subsets(labels, split, "ctrl") == {
         "combo_seen0": ["C+D", "D+E"], "combo_seen1": ["A+C"], "combo_seen2": ["A+B"]}
 
 
@@ -108,8 +110,26 @@ def test_score_table_puts_raw_and_normalised_side_by_side():
                                 ("sams_vae", 0.7, 1)):
         rows.append({"model": family, "family": family, "metric": "pearson_delta",
                      "value": value, "seed": seed})
-    table = evaluate.score_table(evaluate.normalised_scores(_table(rows)))
+    table = metrics.score_table(metrics.normalised_scores(_table(rows)))
     assert list(table["model"]) == ["replicate", "sams_vae", "linear"]
     row = table.set_index("model").loc["sams_vae"]
     assert row["pearson_delta"] == pytest.approx(0.6)
     assert row["pearson_delta_normalised"] == pytest.approx(0.5)  # (0.6 - 0.4) / (0.8 - 0.4)
+
+
+def test_aggregate_adds_the_normalised_score_and_the_score_table_stage_reads_it(tmp_path):
+    from samsbench.stages import evaluate
+
+    paths = []
+    for family, value in (("linear", 0.4), ("replicate", 0.8), ("sams_vae", 0.7)):
+        path = tmp_path / f"{family}.tsv"
+        _table([{"model": family, "family": family, "metric": "pearson_delta",
+                 "value": value}]).to_csv(path, sep="\t", index=False)
+        paths.append(str(path))
+    table = evaluate.aggregate(paths, str(tmp_path / "metrics.tsv"))
+    written = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
+    assert list(written.columns) == list(table.columns)
+    assert written.set_index("model").loc["sams_vae", "normalised"] == pytest.approx(0.75)
+    scores = evaluate.score_table(str(tmp_path / "metrics.tsv"), str(tmp_path / "scores.tsv"))
+    assert list(scores["model"]) == ["replicate", "sams_vae", "linear"]
+    assert pd.read_csv(tmp_path / "scores.tsv", sep="\t").shape == scores.shape
