@@ -100,3 +100,11 @@ def test_cell_eval_pearson_delta_equals_ours(baseline_run):
         value = one.set_index("metric")["value"]["pearson_delta"]
         assert row["pearson_delta"] == pytest.approx(value, abs=1e-6)
     assert theirs["pearson_delta"].mean() == pytest.approx(ours["test"], abs=1e-6)
+
+
+def test_the_cli_offers_the_stage_export_modes():
+    from samsbench.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    mode = next(a for a in sub.choices["export"]._actions if a.dest == "mode")
+    assert tuple(mode.choices) == export.MODES
