@@ -63,6 +63,7 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
+            targets.append(f"{RESULTS}/{experiment}/scores_table.tsv")
         targets.extend(planted_targets(experiment))
         # gene-set enrichment needs real gene symbols (reference_sim names genes g0, g1, ...)
         if dataset_reader(experiment).gene_symbols:

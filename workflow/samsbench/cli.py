@@ -193,6 +193,19 @@ def _mask_recovery(args):
     return 0
 
 
+def _export(args):
+    from samsbench import io as sbio
+    from samsbench.stages import export
+
+    paths = export.export_cell_eval(
+        sbio.run_file(args.run, "model"), args.data, args.splits, args.out, n_cells=args.cells,
+        mode=args.mode, predictions_path=sbio.run_file(args.run, "predictions"),
+        seed=args.seed, device=args.device, family=args.family or None)
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
 def _config_options(p, experiment=True):
     p.add_argument("--config", default="config.yaml", help="config.yaml to read (validated)")
     if experiment:
@@ -335,6 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="q(mask) above which an entry is active (default 0.5)")
     p.add_argument("--out", default=None, help="TSV to write (default: stdout)")
     p.set_defaults(func=_mask_recovery)
+
+    p = sub.add_parser(
+        "export", help="export a run's test perturbations as cells for another scorer (cell-eval)",
+        description="Write predicted.h5ad and real.h5ad (cells of the test perturbations and "
+        "the real control cells, ln(1 + CP10k)) for cell-eval: the workflow's export_cell_eval "
+        "step.")
+    p.add_argument("--format", choices=["cell-eval"], default="cell-eval", help="target scorer")
+    p.add_argument("--run", required=True, help="run directory (model.pt, predictions.h5ad)")
+    p.add_argument("--data", required=True, help="prepared dataset .h5ad")
+    p.add_argument("--splits", required=True, help="split TSV (cell_id, split)")
+    p.add_argument("--out", required=True, help="directory for predicted.h5ad and real.h5ad")
+    p.add_argument("--cells", type=positive_int, default=100,
+                   help="predicted cells per test perturbation (default 100)")
+    # the choices are samsbench.stages.export.MODES (not imported here: --help stays fast)
+    p.add_argument("--mode", choices=["auto", "mean", "sample"], default="auto",
+                   help="sample cells from the model, or copies of its predicted mean; auto: "
+                   "sample for a model with a likelihood (default auto)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--family", default="", help="the config's family (needed for a plug-in)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -247,6 +247,29 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
     return (sums / n_particles).cpu().numpy()
 
 
+@torch.no_grad()
+@unchecked_distributions()
+def sample_cells(model, data, labels, n_cells: int, libraries: np.ndarray,
+                 seed: int = 0) -> np.ndarray:
+    """Counts of ``n_cells`` cells per label from the generative process, (labels*n, G), label
+    by label: each cell has its own draw of the global and the local latents, and a library
+    size drawn from ``libraries`` (the real control cells' totals, for the cell-eval export)."""
+    gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    out = np.empty((len(labels) * n_cells, data.X.shape[1]), dtype=np.float32)
+    dose = data.dosage_for_labels(list(labels))
+    for row in range(len(labels)):
+        g, _ = model.sample_globals(n_cells)  # one particle per cell
+        ctx = model.cell_context(data.dosage(dose.codes[row : row + 1]), g)  # (n_cells, 1, K)
+        u = draw(model.local_prior(ctx), n_cells)
+        h = model.decoder_input(u, ctx)
+        lib = torch.as_tensor(gen.choice(libraries, size=h.shape[:-1]), dtype=h.dtype,
+                              device=h.device)
+        x = model.decoder.sample(h, lib)
+        out[row * n_cells : (row + 1) * n_cells] = x.reshape(n_cells, -1).cpu().numpy()
+    return out
+
+
 # -- checkpoints ---------------------------------------------------------------------------
 
 def atomic_save(obj, path: str) -> None:

@@ -23,6 +23,8 @@ FLOAT_FORMAT = "%.10g"
 # ------------------------------------------------------------------------------ layout
 
 RUN_DIR = "{results}/{experiment}/runs/{model}/{split}/seed{seed}"
+# cell-eval's predicted.h5ad and real.h5ad of a run (rule export_cell_eval, on demand)
+CELL_EVAL_DIR = "{results}/{experiment}/cell_eval/{model}/{split}/seed{seed}"
 BENCHMARK_FILE = "{results}/{experiment}/benchmarks/{step}/{model}/{split}/seed{seed}.tsv"
 # Files of a run directory, by role.
 RUN_FILES = {
@@ -42,6 +44,12 @@ def run_dir(results: str, experiment: str, model: str, split: str, seed) -> str:
     """The directory of one run (``seed`` may be a wildcard pattern such as ``{seed}``)."""
     return RUN_DIR.format(results=results, experiment=experiment, model=model, split=split,
                           seed=seed)
+
+
+def cell_eval_dir(results: str, experiment: str, model: str, split: str, seed) -> str:
+    """Where a run's cell-eval export goes (``seed`` may be a wildcard pattern)."""
+    return CELL_EVAL_DIR.format(results=results, experiment=experiment, model=model,
+                                split=split, seed=seed)
 
 
 def run_file(directory: str | os.PathLike, role: str) -> str:

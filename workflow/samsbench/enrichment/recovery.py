@@ -2,7 +2,7 @@
 masks on simulated data.
 
 * complex recovery: are perturbations whose targets share a gene set more similar (mask
-  Jaccard, embedding cosine, effect correlation) than other pairs? One AUROC and average
+  Jaccard, |embedding cosine|, |effect correlation|) than other pairs? One AUROC and average
   precision per run and similarity, so that every model, baselines included, compares on one
   number;
 * planted programs: does the dimension carrying a simulated program have it as top term;
@@ -139,6 +139,14 @@ def _pearson(x: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrix(values: np.ndarray, kind: str, threshold=DEFAULT_THRESHOLD) -> np.ndarray:
+    """Pairwise similarity of the rows. The runs use the sign-free kinds: a perturbation
+    that moves a program's dimension down is as much a member as one that moves it up, and
+    signed cosine / Pearson rank such same-program pairs last (``embedding_cosine`` and
+    ``effect_pearson`` are kept for comparison only)."""
+    if kind == "embedding_abs_cosine":
+        return np.abs(_cosine(np.asarray(values, dtype=float)))
+    if kind == "effect_abs_pearson":
+        return np.abs(_pearson(np.asarray(values, dtype=float)))
     if kind == "mask_jaccard":
         return _jaccard(np.asarray(values) > threshold)
     if kind == "embedding_cosine":
@@ -212,10 +220,11 @@ def recovery_scores(
 def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """{similarity: (singles × features, target gene per row)} that a run supports.
 
-    Masks (thresholded) give mask_jaccard; embeddings give embedding_cosine, on the expected
-    latent shift (mask probability × embedding mean) where the model has masks, since an
-    embedding coordinate behind a closed mask does not act; predictions give effect_pearson
-    (predicted mean minus the control's), for every model including the baselines.
+    Masks (thresholded) give mask_jaccard; embeddings give embedding_abs_cosine, on the
+    expected latent shift (mask probability × embedding mean) where the model has masks, since
+    an embedding coordinate behind a closed mask does not act; predictions give
+    effect_abs_pearson (predicted mean minus the control's), for every model including the
+    baselines. All three are sign-free (see ``similarity_matrix``).
     """
     out: dict[str, tuple[pd.DataFrame, list[str]]] = {}
     if latents is not None and latents.n_obs:
@@ -231,7 +240,7 @@ def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame
             emb = np.asarray(layers[EMBEDDING_LAYER], dtype=float)
             if mask is not None:
                 emb = emb * mask
-            out["embedding_cosine"] = (pd.DataFrame(emb[single], index=names), genes)
+            out["embedding_abs_cosine"] = (pd.DataFrame(emb[single], index=names), genes)
     if predictions is not None and predictions.n_obs:
         labels = (
             predictions.obs["perturbation"].astype(str)
@@ -251,7 +260,7 @@ def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame
         targets = perturbation_targets(predictions)
         single = (~is_control) & targets.map(len).eq(1).to_numpy()
         genes = [t[0] for t in targets[single]]
-        out["effect_pearson"] = (pd.DataFrame(effect[single], index=labels[single]), genes)
+        out["effect_abs_pearson"] = (pd.DataFrame(effect[single], index=labels[single]), genes)
     return out
 
 

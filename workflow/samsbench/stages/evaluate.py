@@ -20,6 +20,8 @@ from samsbench.data.splits import read_split
 log = logging.getLogger(__name__)
 
 RUN_KEYS = ("experiment", "dataset", "model", "family", "split", "seed")
+# uns key of a predictions file naming the cells it is scored against (the replicate ceiling)
+TRUTH_CELLS_KEY = "truth_cells"
 
 
 class PredictionsError(ValueError):
@@ -43,8 +45,11 @@ def predict(data_path: str, split_path: str, model_path: str, out_path: str,
     means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk,
                                       log_normalize=data.value_kind == "counts")
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
+    # A model scored against only some cells (the replicate ceiling) names them.
+    truth = model.scored_cells(data.cell_ids) if hasattr(model, "scored_cells") else None
     write_predictions(frame, out_path, data.control,
-                      {"model_path": model_path, "ate_particles": n_particles})
+                      {"model_path": model_path, "ate_particles": n_particles},
+                      truth_cells=truth)
     return frame
 
 
@@ -115,10 +120,21 @@ def _tidy(run: dict, table: pd.DataFrame, out_path: str | None) -> pd.DataFrame:
 
 
 def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
+    """An experiment's metrics: every run's rows, with the normalised score beside the raw
+    value (metrics.normalised_scores; issue 13)."""
     frames = [pd.read_csv(p, sep="\t") for p in paths]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
+        table = metrics.normalised_scores(table)
+    sbio.write_tsv(table, out_path)
+    return table
+
+
+def score_table(metrics_path: str, out_path: str, subset: str = "test") -> pd.DataFrame:
+    """The report's table: raw and normalised scores per model (metrics.score_table) of an
+    aggregated metrics TSV."""
+    table = metrics.score_table(pd.read_csv(metrics_path, sep="\t"), subset=subset)
     sbio.write_tsv(table, out_path)
     return table
 
@@ -162,12 +178,14 @@ def mask_recovery(data_path: str, latents_paths: list[str], runs: list[dict],
 
 
 def write_predictions(
-    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None
+    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None,
+    truth_cells: list[str] | None = None,
 ) -> None:
     """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
 
     Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
-    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``.
+    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``;
+    ``truth_cells`` (cell ids to score against, see ``truth_cells``) to ``uns["truth_cells"]``.
     """
     values = np.asarray(means.to_numpy(), dtype=np.float64)
     where = f"predictions for {os.fspath(path)}"
@@ -188,6 +206,8 @@ def write_predictions(
     )
     adata.uns["control_label"] = str(control_label)
     adata.uns["metadata"] = _h5ad_safe(metadata or {})
+    if truth_cells is not None:
+        adata.uns[TRUTH_CELLS_KEY] = np.asarray(truth_cells, dtype=str)
     sbio.write_h5ad(adata, path)
 
 
@@ -277,19 +297,49 @@ def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
     return means.drop(index=control) - means.loc[control]
 
 
+def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
+    """Boolean per data cell from the predictions' ``uns["truth_cells"]`` (cell ids the
+    predictions must be scored against), or None when the file has no such record."""
+    import h5py
+
+    path = os.fspath(predictions_path)
+    with h5py.File(path, "r") as fh:
+        if "uns" not in fh or TRUTH_CELLS_KEY not in fh["uns"]:
+            return None
+        ids = fh["uns"][TRUTH_CELLS_KEY][()]
+    ids = pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in np.ravel(ids)])
+    keep = pd.Index(data_adata.obs_names.astype(str)).isin(ids)
+    if int(keep.sum()) != len(ids.unique()):
+        unknown = ids.difference(data_adata.obs_names.astype(str))
+        raise PredictionsError(
+            f'{path}: uns["{TRUTH_CELLS_KEY}"] names {len(unknown)} cells that are not in the '
+            f"data: {_first(unknown)}"
+        )
+    return np.asarray(keep)
+
+
 def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
-    """Score a predictions h5ad against a prepared dataset and its split TSV."""
+    """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
+    ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of all perturbed
+    cells) on all/train/val/test and GEARS' combo_seen{k} subsets."""
     data = contract.read(data_path)
-    true_ate = metrics.data_ate(data)
-    pred_ate = read_predictions(predictions_path, data)
+    pred_ate = read_predictions(predictions_path, data)  # checks the file first
+    # A predictions file may name the cells it is scored against (the replicate ceiling).
+    keep = truth_cells(predictions_path, data)
+    truth = data if keep is None else data[keep]
+    true_ate = metrics.data_ate(truth)
     if not pred_ate.index.isin(true_ate.index).any():
         raise PredictionsError(
             f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
         )
     split = read_split(split_path, data.obs_names)
     labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
-    subsets = metrics.subsets_from_split(labels, split, contract.control_label(data))
-    return metrics.ate_metrics(pred_ate, true_ate, subsets)
+    control = contract.control_label(data)
+    subsets = {**metrics.subsets_from_split(labels, split, control),
+               **metrics.combo_seen_subsets(labels, split, control)}
+    cells = truth.obs[contract.PERTURBATION_KEY].astype(str).value_counts()
+    reference = metrics.perturbed_reference(true_ate, cells)
+    return metrics.ate_metrics(pred_ate, true_ate, subsets, reference)
 
 
 def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:
