@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from samsbench import models as registry
 from samsbench.models.base import LatentModel, MeanEffectModel
+from samsbench.nn import host_reads_free
 
 log = logging.getLogger(__name__)
 # Argument checks of torch distributions cost time on every step; a non-finite loss is caught
@@ -77,7 +78,7 @@ def inverse_counts(counts: torch.Tensor) -> torch.Tensor:
 def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
                   with_globals: bool = True) -> torch.Tensor:
     """Per particle and cell: log p(x|.) + local log p - log q (+ weighted global terms)."""
-    if globals_ is None and model.samples_column_subsets:
+    if globals_ is None and model.samples_column_subsets and host_reads_free(x):
         # Only the perturbations of this minibatch's cells: the others add nothing to its ELBO.
         columns = dose.present_columns()
         g, global_ratio = model.sample_globals(n_particles, columns)
@@ -318,6 +319,7 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                mininterval=1.0, dynamic_ncols=True)
     clock = time.perf_counter()
     elapsed0 = state["elapsed"]
+    train_sum = torch.tensor(state["train_sum"], dtype=torch.float64, device=data.device)
     try:
         model.train()
         while state["step"] < max_steps:
@@ -329,12 +331,9 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
             loss = -particle_elbo(model, x, dose, inv_train, int(cfg["n_particles"])).mean()
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"non-finite training loss ({value}) at step {state['step'] + 1} of "
-                    f"{run_dir}; lower the learning rate or check the input counts"
-                )
+            # Summed on the device in float64 (the same additions as a Python float sum) and
+            # read at validation: a per-step .item() would wait for the GPU every step.
+            train_sum += loss.detach()
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optim.step()
@@ -345,11 +344,15 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                                        float(cfg["global_lr_multiplier"]))
                 state["best_val"], state["best_state"] = math.inf, None
                 log.info("%s: latent basis aligned at step %d", run_dir, align_step)
-            state["train_sum"] += value
             state["train_n"] += 1
             bar.update(1)
             step = state["step"]
             if step % val_every == 0 or step == max_steps:
+                state["train_sum"] = train_sum.item()
+                if not math.isfinite(state["train_sum"]):
+                    raise FloatingPointError(
+                        f"non-finite training loss in steps {step - state['train_n'] + 1}-{step} "
+                        f"of {run_dir}; lower the learning rate or check the input counts")
                 model.eval()
                 val = split_loss(model, data, "val", int(cfg["n_particles"]), batch_size)
                 model.train()
@@ -360,11 +363,13 @@ def train(model, family: str, hp: dict, data, training: dict, run_dir: str, seed
                     "val_loss": val,
                     "wall_seconds": elapsed0 + time.perf_counter() - clock})
                 state["train_sum"], state["train_n"] = 0.0, 0
+                train_sum.zero_()
                 if val < state["best_val"]:
                     state["best_val"], state["best_step"] = val, step
                     state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bar.set_postfix(loss=f"{value:.1f}", val=f"{val:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{loss.item():.1f}", val=f"{val:.1f}", refresh=False)
             if step % ckpt_every == 0 or step == max_steps or stop["signal"]:
+                state["train_sum"] = train_sum.item()
                 state["elapsed"] = elapsed0 + time.perf_counter() - clock
                 save_resume()
             if stop["signal"]:
