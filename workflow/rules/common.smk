@@ -4,6 +4,14 @@ import samsbench.enrich as sbenrich
 
 sbconfig.validate(config)
 RESULTS = config["results"]
+# Packing (config cluster.runs_per_gpu > 1): every run's train and evaluate jobs join the job
+# group "runs"; the Slurm profiles pass --group-components runs=N (N read from ./config.yaml)
+# so that N runs share one cluster job. Locally Snakemake ignores groups.
+RUNS_PER_JOB = int(config["cluster"]["runs_per_gpu"])
+
+
+def pack_group(wildcards):
+    return "runs" if RUNS_PER_JOB > 1 else None
 
 
 wildcard_constraints:

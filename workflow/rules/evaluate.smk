@@ -13,6 +13,8 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/evaluate/{{model}}/{{split}}/seed{{seed}}.tsv"
+    group:
+        pack_group
     conda:
         "../../envs/samsbench.yaml"
     threads: 1

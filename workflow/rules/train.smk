@@ -14,6 +14,8 @@ rule train:
         f"{RESULTS}/logs/train/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/train/{{model}}/{{split}}/seed{{seed}}.tsv"
+    group:
+        pack_group
     conda:
         "../../envs/samsbench.yaml"
     threads: 1
