@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, adder in (("samsbench.evaluate", "add_score_parser"),
                           ("samsbench.data.download", "add_download_parser"),
-                          ("samsbench.enrich", "add_enrich_parser")):
+                          ("samsbench.enrich", "add_enrich_parser"),
+                          ("samsbench.plan", "add_plan_parser")):
         try:
             mod = __import__(module, fromlist=[adder])
         except ImportError:
