@@ -33,15 +33,19 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cells", type=int, help="fewer cells than the real shape: a step's "
+                        "cost depends on batch, genes and model, not on the cells held")
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS))
     parser.add_argument("--families", nargs="+", default=FAMILIES)
-    parser.add_argument("--where", default=f"{platform.node()} ({os.cpu_count()} CPUs)")
+    parser.add_argument("--where", default=f"{platform.node()} ({os.cpu_count()} CPUs, "
+                        f"load {os.getloadavg()[0]:.1f} at start)")
     parser.add_argument("--table", default=TABLE)
     args = parser.parse_args(argv)
     when = datetime.date.today().isoformat()
     rows = []
     for dataset in args.datasets:
         shape, hp = SETTINGS[dataset]
+        shape = {**shape, **({"cells": args.cells} if args.cells else {})}
         for family in args.families:
             r = measure(**shape, family=family, hp=hp, steps=args.steps, threads=args.threads,
                         plain_allocator=False, device=args.device)
@@ -49,7 +53,8 @@ def main(argv=None):
                          "steps_per_second": round(r["median_steps_per_second"], 3),
                          "threads": args.threads, "measured_on": args.where, "date": when,
                          "how": f"bench/speed_table.py --device {args.device} "
-                                f"--steps {args.steps} --threads {args.threads}"})
+                                f"--steps {args.steps} --threads {args.threads}"
+                                + (f" --cells {args.cells}" if args.cells else "")})
             print(rows[-1], flush=True)
     new = pd.DataFrame(rows)
     if os.path.exists(args.table):

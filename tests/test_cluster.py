@@ -298,10 +298,13 @@ def test_four_runs_packed_into_one_slurm_job_equal_ungrouped_runs(slurm, tmp_pat
     group_ids = [job for job, _ in submissions if not job.isdigit()]
     assert len(group_ids) == 1, submissions  # one sbatch job for the whole group
     assert out.count("Group job runs") == 1
+    # the group's members are listed indented under "Group job runs"; every job submitted on
+    # its own is a data job
+    assert len(re.findall(r"^\s+rule train:$", out, re.M)) == 4
+    assert len(re.findall(r"^\s+rule evaluate:$", out, re.M)) == 4
     jobs, _, _ = parse_run(out)
     single = {int(job) for job, _ in submissions if job.isdigit()}
-    packed = [j for j, (_, rule, _) in jobs.items() if rule in ("train", "evaluate")]
-    assert len(packed) == 8 and not single & set(packed)
+    assert {jobs[j][1] for j in single} <= {"prepare_dataset", "make_split"}, submissions
     group_slurm_id = dict(submissions)[group_ids[0]]
     assert slurm_job(env, group_slurm_id).get("JobState") == "COMPLETED"
 
