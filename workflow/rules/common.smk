@@ -10,6 +10,15 @@ RESULTS = config["results"]
 # One run's directory, as a wildcard pattern.
 RUN = sbio.run_dir(RESULTS, "{experiment}", "{model}", "{split}", "{seed}")
 
+# Packing (config cluster.runs_per_gpu > 1): every run's train and evaluate jobs join the job
+# group "runs"; the Slurm profiles pass --group-components runs=N (N read from ./config.yaml)
+# so that N runs share one cluster job. Locally Snakemake ignores groups.
+RUNS_PER_JOB = int(config["cluster"]["runs_per_gpu"])
+
+
+def pack_group(wildcards):
+    return "runs" if RUNS_PER_JOB > 1 else None
+
 
 wildcard_constraints:
     experiment=r"[A-Za-z0-9_\-]+",

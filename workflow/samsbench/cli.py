@@ -206,6 +206,14 @@ def _export(args):
     return 0
 
 
+def _plan(args):
+    from samsbench.stages import plan
+
+    return plan.print_plans(args.config, args.run, gpus=args.gpus, pack=args.pack,
+                            pack_gain=args.pack_gain, device=args.device,
+                            speed_table=args.speed_table)
+
+
 def _config_options(p, experiment=True):
     p.add_argument("--config", default="config.yaml", help="config.yaml to read (validated)")
     if experiment:
@@ -369,6 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="", help="the config's family (needed for a plug-in)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("plan", help="runs, steps and estimated device-hours of experiments",
+                       description="Jobs x optimiser steps per experiment, and device-hours and "
+                       "wall time from the measured speed table (docs/reproducing_the_paper.md).")
+    _config_options(p, experiment=False)
+    p.add_argument("--run", nargs="+", help="experiments (default: the config's run list)")
+    p.add_argument("--gpus", type=positive_int, default=1, help="devices working at once")
+    p.add_argument("--pack", type=positive_int,
+                   help="runs per device (default: the config's cluster.runs_per_gpu)")
+    p.add_argument("--pack-gain", type=positive_float, default=1.0,
+                   help="throughput of --pack runs on one device over one run's (measured by "
+                   "bench/gpu_check.py; default 1 = no gain assumed)")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="device to plan for (default: both)")
+    p.add_argument("--speed-table", help="speed table TSV (default: the packaged one)")
+    p.set_defaults(func=_plan)
     return parser
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from samsbench import models as registry
 from samsbench.models.base import LatentModel
+from samsbench.nn import host_reads_free
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,14 @@ class LossOutput:
     kl_local: torch.Tensor
     kl_global: torch.Tensor
 
+    def stacked(self) -> torch.Tensor:
+        """[loss, reconstruction, kl_local, kl_global] as one detached tensor (no host read)."""
+        return torch.stack([self.loss.detach(), self.reconstruction, self.kl_local,
+                            self.kl_global])
+
     def values(self) -> list[float]:
         """[loss, reconstruction, kl_local, kl_global] as floats, in one device transfer."""
-        return torch.stack([self.loss.detach(), self.reconstruction, self.kl_local,
-                            self.kl_global]).tolist()
+        return self.stacked().tolist()
 
 
 def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
@@ -148,7 +153,7 @@ def elbo_terms(model: LatentModel, x, dose, inv_counts, n_particles: int, global
                with_globals: bool = True) -> ElboTerms:
     """The ELBO's parts; ``globals_`` = a shared draw of ``sample_globals`` (else drawn here,
     only for the minibatch's perturbations when the family can)."""
-    if globals_ is None and model.samples_column_subsets:
+    if globals_ is None and model.samples_column_subsets and host_reads_free(x):
         # Only the perturbations of this minibatch's cells: the others add nothing to its ELBO.
         columns = dose.present_columns()
         g, global_ratio = model.sample_globals(n_particles, columns)
@@ -466,6 +471,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                mininterval=1.0, dynamic_ncols=True)
     clock = time.perf_counter()
     elapsed0 = state["elapsed"]
+    train_sums = torch.tensor(state["train_sums"], dtype=torch.float64, device=data.device)
     try:
         model.train()
         while state["step"] < max_steps:
@@ -477,13 +483,9 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
             out = minibatch_loss(model, x, dose, inv_train, int(cfg["n_particles"]))
             optim.zero_grad(set_to_none=True)
             out.loss.backward()
-            values = out.values()
-            value = values[0]
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"non-finite training loss ({value}) at step {state['step'] + 1} of "
-                    f"{run_dir}; lower the learning rate or check the input counts"
-                )
+            # The loss and its parts summed on the device in float64 (the same additions as a
+            # Python float sum) and read at validation: a per-step read would wait for the GPU.
+            train_sums += out.stacked().double()
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optim.step()
@@ -496,11 +498,15 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                 state["best_val"], state["best_state"] = math.inf, None
                 log.info("%s: the model re-parameterised itself at step %d", run_dir,
                          state["step"])
-            state["train_sums"] = [a + b for a, b in zip(state["train_sums"], values)]
             state["train_n"] += 1
             bar.update(1)
             step = state["step"]
             if step % val_every == 0 or step == max_steps:
+                state["train_sums"] = train_sums.tolist()
+                if not math.isfinite(state["train_sums"][0]):
+                    raise FloatingPointError(
+                        f"non-finite training loss in steps {step - state['train_n'] + 1}-{step} "
+                        f"of {run_dir}; lower the learning rate or check the input counts")
                 model.eval()
                 val_parts = split_loss(model, data, "val", int(cfg["n_particles"]), batch_size)
                 val = val_parts["loss"]
@@ -514,11 +520,13 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                     **{f"val_{k}": val_parts[k] for k in LOSS_PARTS},
                     "wall_seconds": elapsed0 + time.perf_counter() - clock})
                 state["train_sums"], state["train_n"] = [0.0] * (1 + len(LOSS_PARTS)), 0
+                train_sums.zero_()
                 if val < state["best_val"]:
                     state["best_val"], state["best_step"] = val, step
                     state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bar.set_postfix(loss=f"{value:.1f}", val=f"{val:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{train_mean[0]:.1f}", val=f"{val:.1f}", refresh=False)
             if step % ckpt_every == 0 or step == max_steps or stop["signal"]:
+                state["train_sums"] = train_sums.tolist()
                 state["elapsed"] = elapsed0 + time.perf_counter() - clock
                 save_resume()
             if stop["signal"]:
