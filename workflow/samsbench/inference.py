@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from samsbench import io as sbio
 from samsbench import models as registry
 from samsbench.models.base import LatentModel
-from samsbench.nn import host_reads_free
+from samsbench.nn import host_reads_free, log2_cp10k
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +244,7 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
             x = model.decoder.sample(h, lib)
             if log_normalize:
-                total = x.sum(-1, keepdim=True)
-                y = torch.where(total > 0, torch.log2(1e4 * x / total.clamp_min(1e-12) + 1),
-                                torch.zeros_like(x))
+                y = log2_cp10k(x)
             else:
                 y = x
             sums[r0 : r0 + rows_per_block] += y.sum(0).double()
@@ -276,28 +275,6 @@ def sample_cells(model, data, labels, n_cells: int, libraries: np.ndarray,
 
 
 # -- checkpoints ---------------------------------------------------------------------------
-
-def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file, fsync it, rename it over ``path`` and fsync the folder, so
-    that a crash or power loss leaves the old file or the new one, never a cut one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
 
 def load_resume(path: str, device="cpu") -> dict | None:
     """The state saved at ``path``; None when there is none, and None with a warning when the
@@ -408,7 +385,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     if not model.trains_by_gradient:
         start = time.perf_counter()
         model.fit(data)
-        atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
+        sbio.write_pt(model_record(model, family, data), sbio.run_file(run_dir, "model"))
         _write_history([], run_dir)
         summary = {"steps": 0, "timing": {"wall_seconds": time.perf_counter() - start}}
         return _finish({**(identity or {}), **summary}, family, run_dir)
@@ -459,7 +436,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                    "optim": optim.state_dict(), "rng": torch.get_rng_state(),
                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                    "gen": gen.get_state()}
-        atomic_save(payload, resume_path)
+        sbio.write_pt(payload, resume_path)
 
     stop = {"signal": None}
 
@@ -538,7 +515,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     wall = elapsed0 + time.perf_counter() - clock
     model.load_state_dict(state["best_state"])
     model.eval()
-    atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
+    sbio.write_pt(model_record(model, family, data), sbio.run_file(run_dir, "model"))
     _write_history(state["history"], run_dir)
     val_iw = iwelbo(model, data, "val", int(cfg["iwelbo_particles"]), seed=seed)
     summary = {
@@ -554,16 +531,10 @@ def _write_history(history, run_dir: str) -> None:
 
     columns = ["step", "train_loss", "val_loss", *(f"{s}_{k}" for s in ("train", "val")
                                                     for k in LOSS_PARTS), "wall_seconds"]
-    frame = pd.DataFrame(history, columns=columns)
-    path = os.path.join(run_dir, "history.tsv")
-    frame.to_csv(path + ".tmp", sep="\t", index=False)
-    os.replace(path + ".tmp", path)
+    sbio.write_tsv(pd.DataFrame(history, columns=columns), sbio.run_file(run_dir, "history"))
 
 
 def _finish(summary: dict, family: str, run_dir: str) -> dict:
     summary = {"family": family, **summary}
-    path = os.path.join(run_dir, "summary.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    sbio.write_json(summary, sbio.run_file(run_dir, "summary"))
     return summary

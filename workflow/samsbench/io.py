@@ -83,10 +83,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power loss after it keeps the new file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:

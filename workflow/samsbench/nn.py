@@ -353,3 +353,9 @@ def bernoulli_kl(logits: torch.Tensor, prior_logit: float) -> torch.Tensor:
 
 def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
+
+
+def log2_cp10k(x: torch.Tensor) -> torch.Tensor:
+    """log2(10,000 x / total + 1) per row of counts, in torch (the unit of every ATE; the
+    numpy twin for files is ``samsbench.metrics.log_cp10k``); a zero-total row stays zero."""
+    return torch.log2(1e4 * x / x.sum(-1, keepdim=True).clamp_min(1e-12) + 1)

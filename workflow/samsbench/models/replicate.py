@@ -18,6 +18,7 @@ import torch
 
 from samsbench.models.base import MeanEffectModel
 from samsbench.models.hparams import Hyperparameters
+from samsbench.nn import log2_cp10k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,7 @@ class Replicate(MeanEffectModel):
         for start in range(0, len(rows), 8192):
             block = rows[start : start + 8192]
             x = data.X[torch.from_numpy(block).to(data.device)].double()  # as the scorer
-            y = torch.log2(1e4 * x / x.sum(1, keepdim=True).clamp_min(1e-12) + 1)
-            y = y.cpu().numpy()
+            y = log2_cp10k(x).cpu().numpy()
             for label in np.unique(data.labels[block]):
                 sel = data.labels[block] == label
                 sums[label] = sums.get(label, 0) + y[sel].sum(0)
