@@ -12,9 +12,7 @@ The files are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import fixtures_real as fr  # noqa: E402  (GWPS-shaped obs/var, shared with the tests)
+from child import peak_rss_mb, run_child  # noqa: E402  (bench/ is the script's folder)
 
 try:
     from anndata.io import write_elem
@@ -37,24 +36,6 @@ N_CONTROLS = 2_500  # 2,000 of them kept
 CELLS_PER_GUIDE = 200  # ~3,200 kept cells of listed genes
 CHUNK_ROWS = 64  # HDF5 chunk: 64 rows x 8,248 genes x 4 bytes = 2 MB
 PATTERN_ROWS = 4_096  # counts are drawn once and tiled: generation is then disk bound
-
-# The child reports VmHWM, the peak RSS of its own address space. ru_maxrss would not do:
-# Linux carries the parent's peak over into a child's ru_maxrss at exec.
-MEASURE = """
-import json, resource, sys, time
-from samsbench.data.replogle import prepare_from_raw
-start = time.perf_counter()
-adata = prepare_from_raw(sys.argv[1], sys.argv[2])
-seconds = time.perf_counter() - start
-try:
-    with open("/proc/self/status") as status:
-        line = next(l for l in status if l.startswith("VmHWM:"))
-    peak_mb = int(line.split()[1]) / 1024
-except OSError:  # not Linux
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "cells": adata.n_obs, "genes": adata.n_vars,
-                  "peak_rss_mb": peak_mb}))
-"""
 
 
 def write_gwps_like(path: Path, size_gb: float, cells_per_guide: int = CELLS_PER_GUIDE,
@@ -87,14 +68,20 @@ def write_gwps_like(path: Path, size_gb: float, cells_per_guide: int = CELLS_PER
     return len(obs)
 
 
+def prepare(args: dict) -> dict:
+    """One preparation of ``args["raw"]`` into ``args["out"]``, meant for a fresh process
+    (``measure``): seconds, the cells and genes kept and the process's peak RSS."""
+    from samsbench.data.replogle import prepare_from_raw
+
+    start = time.perf_counter()
+    adata = prepare_from_raw(args["raw"], args["out"])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "cells": adata.n_obs, "genes": adata.n_vars,
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def measure(raw: Path, out: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(raw), str(out)],
-        capture_output=True, text=True, check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"preparation failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_child(prepare, {"raw": str(raw), "out": str(out)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,32 +20,33 @@ import tempfile
 
 from child import run_child
 
-CHILD = r"""
-import json, os, sys
-import torch
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-from samsbench.stages import train as train_stage
-from samsbench import nn as sbnn
-from samsbench.data.tensors import Dosage
-from samsbench.models.sams_vae import SamsVAE
 
-if args["mode"] == "direct":
-    def log_prob(self, h_in, x, library, x_terms=None):
-        logits = self.head(self.trunk(h_in))
-        mean = library.unsqueeze(-1) * torch.softmax(logits, -1) + sbnn.NB_MEAN_OFFSET
-        return sbnn.nb_log_prob_direct(x, mean, torch.exp(self.log_theta)).sum(-1)
+def train_once(args: dict) -> dict:
+    """One training run, meant for a fresh process: "direct" patches the classes it trains
+    with, which must not leak into the next run. Returns the run's summary."""
+    import torch
 
-    sbnn.Decoder.log_prob = log_prob
-    sbnn.Decoder.cell_terms = lambda self, x: None
-    Dosage.apply = lambda self, A: self.dense @ A
-    Dosage.charge = lambda self, r: r @ self.dense.T
-    SamsVAE.samples_column_subsets = False
+    torch.set_num_threads(args["threads"])
+    from samsbench import nn as sbnn
+    from samsbench.data.tensors import Dosage
+    from samsbench.models.sams_vae import SamsVAE
+    from samsbench.stages import train as train_stage
 
-summary = train_stage.train(args["data"], args["split"], args["hp"], args["training"],
-                          args["run_dir"], args["seed"], progress=False)
-print(json.dumps(summary))
-"""
+    if args["mode"] == "direct":
+        def log_prob(self, h_in, x, library, x_terms=None):
+            logits = self.head(self.trunk(h_in))
+            mean = library.unsqueeze(-1) * torch.softmax(logits, -1) + sbnn.NB_MEAN_OFFSET
+            return sbnn.nb_log_prob_direct(x, mean, torch.exp(self.log_theta)).sum(-1)
+
+        sbnn.Decoder.log_prob = log_prob
+        sbnn.Decoder.cell_terms = lambda self, x: None
+        Dosage.apply = lambda self, A: self.dense @ A
+        Dosage.charge = lambda self, r: r @ self.dense.T
+        SamsVAE.samples_column_subsets = False
+
+    return train_stage.train(args["data"], args["split"], args["hp"], args["training"],
+                             args["run_dir"], args["seed"], progress=False)
+
 
 MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=128,
              decoder_n_hidden=128, embedding_encoder_n_layers=2, embedding_encoder_n_hidden=64,
@@ -70,13 +71,14 @@ def main(argv=None) -> list[dict]:
         splits.write_split(contract.read(data_path).obs_names, labels, split_path)
         training = {"max_steps": args.steps, "batch_size": 128, "lr": 0.002, "val_every": 250}
         rows = []
-        print(f"{'mode':7s} {'seed':>4s} {'val IWELBO':>11s} {'best val loss':>14s} {'steps/s':>8s}")
+        print(f"{'mode':7s} {'seed':>4s} {'val IWELBO':>11s} {'best val loss':>14s} "
+              f"{'steps/s':>8s}")
         for seed in args.seeds:
             for mode in ("direct", "fast"):
                 child = dict(mode=mode, seed=seed, threads=args.threads, data=data_path,
                              split=split_path, hp=MODEL, training=training,
                              run_dir=os.path.join(work, f"{mode}_{seed}"))
-                summary = run_child(CHILD, child)
+                summary = run_child(train_once, child)
                 rows.append({"mode": mode, "seed": seed, **summary})
                 print(f"{mode:7s} {seed:4d} {summary['val_iwelbo']:11.2f} "
                       f"{summary['best_val_loss']:14.2f} "

@@ -31,9 +31,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_training import CHILD as TRAIN_CHILD  # noqa: E402
-from bench_training import measure  # noqa: E402
-from child import run_child  # noqa: E402
+from bench_training import measure, train_steps  # noqa: E402
+from child import child_command, peak_rss_mb, read_result, run_child  # noqa: E402
 
 REPLOGLE = dict(cells=118_641, genes=1_187, perturbations=722, combinations=0)
 NORMAN = dict(cells=111_000, genes=5_000, perturbations=105, combinations=131)
@@ -45,51 +44,39 @@ SMOKE_DATA = dict(cells=2_500, genes=40, perturbations=20)
 SMOKE_HP = dict(n_latent=8, encoder_n_hidden=32, decoder_n_hidden=32,
                 embedding_encoder_n_hidden=16)
 
-ATE_CHILD = r"""
-import json, sys, time
-import numpy as np, torch
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-import anndata as ad, pandas as pd
-from samsbench import inference
-from samsbench import models as registry
-from samsbench.data.tensors import PerturbationData
-device = torch.device(args["device"])
-T, G = args["perturbations"], args["genes"]
-labels = ["non-targeting"] + [f"P{i:03d}" for i in range(T)]
-obs = pd.DataFrame({"perturbation": labels * 2}, index=[f"c{i}" for i in range(2 * len(labels))])
-adata = ad.AnnData(X=np.ones((len(obs), G), dtype=np.float32), obs=obs,
-                   var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
-data = PerturbationData(adata, np.array(["train"] * len(obs), dtype=object), device=device)
-torch.manual_seed(0)
-model = registry.build("sams_vae", G, data.columns, args["hp"]).to(device).eval()
-if device.type == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-start = time.perf_counter()
-means = inference.predicted_means(model, data, labels, n_particles=args["particles"])
-seconds = time.perf_counter() - start  # predicted_means returns host numbers: device done
-peak = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
-gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-print(json.dumps({"seconds": seconds, "finite": bool(np.isfinite(means).all()),
-                  "peak_rss_mb": peak, "peak_gpu_mb": gpu}))
-"""
 
+def model_ate(args: dict) -> dict:
+    """Seconds and peak memory of the predicted means (the model ATE) on ``device``; run in a
+    fresh process (``run_child``) except at smoke sizes."""
+    import numpy as np
+    import torch
 
-def run_inline(code: str, args: dict) -> dict:
-    """A measurement's code run in this process (--smoke: saves a Python start per row; the
-    peak RSS is then this process's)."""
-    import contextlib
-    import io
-    import json
+    torch.set_num_threads(args["threads"])
+    import anndata as ad
+    import pandas as pd
 
-    saved, sys.argv = sys.argv, ["measure", json.dumps(args)]
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, "<measurement>", "exec"), {"__name__": "__measurement__"})
-    finally:
-        sys.argv = saved
-    return json.loads(out.getvalue().strip().splitlines()[-1])
+    from samsbench import inference
+    from samsbench import models as registry
+    from samsbench.data.tensors import PerturbationData
+
+    device = torch.device(args["device"])
+    T, G = args["perturbations"], args["genes"]
+    labels = ["non-targeting"] + [f"P{i:03d}" for i in range(T)]
+    obs = pd.DataFrame({"perturbation": labels * 2},
+                       index=[f"c{i}" for i in range(2 * len(labels))])
+    adata = ad.AnnData(X=np.ones((len(obs), G), dtype=np.float32), obs=obs,
+                       var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
+    data = PerturbationData(adata, np.array(["train"] * len(obs), dtype=object), device=device)
+    torch.manual_seed(0)
+    model = registry.build("sams_vae", G, data.columns, args["hp"]).to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    means = inference.predicted_means(model, data, labels, n_particles=args["particles"])
+    seconds = time.perf_counter() - start  # predicted_means returns host numbers: device done
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return {"seconds": seconds, "finite": bool(np.isfinite(means).all()),
+            "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu}
 
 
 def hp_for(base: dict, smoke: bool) -> dict:
@@ -100,14 +87,12 @@ def packed(n: int, shape: dict, hp: dict, device: str, threads: int, seconds: fl
            steps: int) -> dict:
     """``n`` training processes that start their timed steps together (a file barrier) and
     run for the same wall time; the aggregate is the sum of their rates."""
-    import json
-
     with tempfile.TemporaryDirectory() as barrier:
         procs = [subprocess.Popen(
-            [sys.executable, "-c", TRAIN_CHILD, json.dumps(
-                {**shape, "family": "sams_vae", "hp": hp, "device": device, "threads": threads,
-                 "steps": steps, "seconds": seconds, "plain_allocator": False,
-                 "barrier": barrier})],
+            child_command(train_steps,
+                          {**shape, "family": "sams_vae", "hp": hp, "device": device,
+                           "threads": threads, "steps": steps, "seconds": seconds,
+                           "plain_allocator": False, "barrier": barrier}),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
         while sum(f.startswith("ready-") for f in os.listdir(barrier)) < n:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -119,7 +104,7 @@ def packed(n: int, shape: dict, hp: dict, device: str, threads: int, seconds: fl
             out, err = p.communicate()
             if p.returncode:
                 raise RuntimeError(f"packed training process failed:\n{err[-2000:]}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            results.append(read_result(out))
     return {"steps_per_second": sum(r["steps_per_second"] for r in results),
             "peak_gpu_mb": max(r["peak_gpu_mb"] for r in results),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
@@ -131,8 +116,8 @@ def run_gpu_tests(device: str) -> str:
     if device != "cuda":
         env.pop("SAMSBENCH_TEST_DEVICE", None)
     root = os.path.dirname(HERE)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                          os.path.join(root, "tests", "test_gpu.py")],
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                          "no:cacheprovider", os.path.join(root, "tests", "test_gpu.py")],
                          capture_output=True, text=True, env=env, cwd=root)
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:]
     if out.returncode not in (0, 5):
@@ -186,19 +171,21 @@ def main(argv=None) -> list[dict]:
     print(f"  {'what':10s} {'setting':16s} {'family':16s} {'value':>10s} {'unit':10s} "
           f"{'peak MB':>9s}")
     common = dict(steps=steps, threads=args.threads, plain_allocator=False, device=args.device)
-    train = (lambda **kw: run_inline(TRAIN_CHILD, kw)) if smoke else measure
+    # --smoke: each measurement in this process, which saves a Python start per row (the
+    # peak RSS is then this process's); otherwise each in a fresh process
+    train = (lambda **kw: train_steps(kw)) if smoke else measure
     for family in FAMILIES:
         r = train(**replogle, family=family, hp=hp_for({}, smoke), **common)
         add("train", "replogle-shaped", family, r["steps_per_second"], "steps/s", r[mem_key])
     r = train(**norman, family="sams_vae", hp=hp_for(NORMAN_HP, smoke), **common)
     add("train", "norman-shaped", "sams_vae", r["steps_per_second"], "steps/s", r[mem_key])
-    r = (run_inline if smoke else run_child)(ATE_CHILD, {**ate, "device": args.device, "threads": args.threads,
-                              "hp": hp_for(dict(
-                                  n_latent=100, n_layers=1, encoder_n_hidden=400,
-                                  decoder_n_hidden=400, embedding_encoder_n_layers=2,
-                                  embedding_encoder_n_hidden=200, mask_prior_prob=0.01,
-                                  likelihood="library_nb",
-                                  encoder_input_normalization="log_standardize"), smoke)})
+    ate_hp = dict(n_latent=100, n_layers=1, encoder_n_hidden=400, decoder_n_hidden=400,
+                  embedding_encoder_n_layers=2, embedding_encoder_n_hidden=200,
+                  mask_prior_prob=0.01, likelihood="library_nb",
+                  encoder_input_normalization="log_standardize")
+    ate_args = {**ate, "device": args.device, "threads": args.threads,
+                "hp": hp_for(ate_hp, smoke)}
+    r = model_ate(ate_args) if smoke else run_child(model_ate, ate_args)
     if not r["finite"]:
         raise SystemExit("model ATE gave non-finite predicted means")
     add("model_ate", f"{ate['perturbations']}x{ate['particles']}", "sams_vae", r["seconds"],
