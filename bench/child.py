@@ -28,7 +28,8 @@ def child_command(measure: Measurement, args: dict) -> list[str]:
     """The command line that runs ``measure(args)`` in a fresh process."""
     module = sys.modules[measure.__module__]
     path = getattr(module, "__file__", None)
-    if path is None or measure.__qualname__ != measure.__name__:
+    if (path is None or measure.__qualname__ != measure.__name__
+            or not measure.__name__.isidentifier()):
         raise ValueError(f"run_child needs a top-level function of a module file, got "
                          f"{measure.__module__}.{measure.__qualname__}")
     return [sys.executable, os.path.abspath(__file__), os.path.abspath(path), measure.__name__,
