@@ -134,7 +134,8 @@ def runs(config: dict, experiment: str) -> list[dict]:
 # sees ordinary named splits and models. Names are deterministic and path-safe, e.g.
 # `ood_f0.25_s3` or `sams_vae_L2_mfe_unique`. Configs without grids are left untouched.
 
-SPLIT_PREFIX = {"random": "random", "ood": "ood", "data_efficiency": "de"}
+SPLIT_PREFIX = {"random": "random", "ood": "ood", "data_efficiency": "de",
+                "heldout_perturbation": "heldout"}
 # Model-name tokens: canonical order first, other keys after in alphabetical order.
 MODEL_TOKEN_ORDER = ["n_latent", "n_layers", "mask_prior_prob", "mask_beta_concentration_1",
                      "mask_beta_concentration_2", "mean_field_encoder", "encoding"]

@@ -35,6 +35,7 @@ def make_split(data_path: str, split_cfg: dict, out_path: str) -> None:
         adata.obs[contract.PERTURBATION_KEY].to_numpy(), split_cfg["kind"],
         seed=int(split_cfg.get("seed", 0)), fraction=float(split_cfg.get("fraction", 1.0)),
         test_fraction=float(split_cfg.get("test_fraction", 0.25)), combination_ids=ids,
+        control=contract.control_label(adata),
     )
     splits.write_split(adata.obs_names, labels, out_path)
     counts = pd.Series(labels).value_counts().to_dict()

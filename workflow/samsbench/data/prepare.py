@@ -2,8 +2,10 @@
 
 ``source`` chooses the route: ``simulate`` (the embedded benchmark), ``h5ad`` (a user's file
 that already meets the contract: validated and copied), ``replogle_prepared`` (the authors'
-filtered file), ``replogle_raw`` (Replogle's raw genome-wide file) and ``norman`` (sc-pert's
-processed Norman file). Remote inputs live in ``data/downloads/<name>``, where the download
+filtered file), ``replogle_raw`` (Replogle's raw genome-wide file), ``norman`` (sc-pert's
+processed Norman file) and ``mcfaline`` (the McFaline-Figueroa 2023 cells of PerturBench's
+devel.h5ad, counts recovered from its normalised values). ``counts_sha256`` (sources h5ad and
+mcfaline) pins the counts (samsbench.data.mcfaline.counts_sha256). Remote inputs live in ``data/downloads/<name>``, where the download
 rule puts them; a block may name another download with ``download: <name>``.
 """
 
@@ -18,12 +20,13 @@ from samsbench.data import contract
 log = logging.getLogger(__name__)
 
 DOWNLOAD_DIR = "data/downloads"
-SOURCES = ("simulate", "h5ad", "replogle_prepared", "replogle_raw", "norman")
+SOURCES = ("simulate", "h5ad", "replogle_prepared", "replogle_raw", "norman", "mcfaline")
 # The download each remote source reads by default (keys of config.yaml's `downloads:`).
 DEFAULT_DOWNLOAD = {
     "replogle_prepared": "replogle.h5ad",
     "replogle_raw": "K562_gwps_raw_singlecell_01.h5ad",
     "norman": "norman_scpert.h5ad",
+    "mcfaline": "perturbench_devel.h5ad",
 }
 
 
@@ -58,7 +61,11 @@ def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path) -> None:
 
         contract.write(simulate(**dataset_cfg.get("simulate", {})), out_path)
     elif source == "h5ad":
-        contract.read(inputs[0])  # validates; errors name the file and the broken rule
+        adata = contract.read(inputs[0])  # validates; errors name the file and the broken rule
+        if dataset_cfg.get("counts_sha256"):
+            from samsbench.data.mcfaline import check_counts_sha256
+
+            check_counts_sha256(adata, dataset_cfg["counts_sha256"], inputs[0])
         _copy_atomic(inputs[0], out_path)
     elif source == "replogle_prepared":
         from samsbench.data.replogle import prepare_from_prepared
@@ -73,6 +80,11 @@ def prepare_dataset(dataset_cfg: dict, inputs: list[str], out_path) -> None:
             chunk_rows=dataset_cfg.get("chunk_rows"),
             n_controls=dataset_cfg.get("n_controls", 2000),
         )
+    elif source == "mcfaline":
+        from samsbench.data.mcfaline import prepare_mcfaline
+
+        prepare_mcfaline(inputs[0], out_path,
+                         counts_sha256_expected=dataset_cfg.get("counts_sha256"))
     else:
         from samsbench.data.norman import prepare_norman
 

@@ -2,8 +2,9 @@
 
 ``random``: 80/20 train+val/test, then 80/20 train/val, scikit-learn ``train_test_split``
 with ``random_state=seed`` (Replogle; any dataset). ``ood``: Norman held-out combinations.
-``data_efficiency``: Norman with a fraction of the combination training cells. Cells that a
-split leaves out are labelled ``unused``.
+``data_efficiency``: Norman with a fraction of the combination training cells.
+``heldout_perturbation`` (beyond the reference): whole perturbations unseen in training, for
+screens of single perturbations. Cells that a split leaves out are labelled ``unused``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from samsbench.data.contract import COMBINATION_SEP
 
 SPLIT_NAMES = ("train", "val", "test", "unused")
-KINDS = ("random", "ood", "data_efficiency")
+KINDS = ("random", "ood", "data_efficiency", "heldout_perturbation")
 
 
 class SplitError(ValueError):
@@ -99,13 +100,35 @@ def data_efficiency_split(perturbations, fraction: float, seed: int) -> np.ndarr
     return out
 
 
+def heldout_perturbation_split(perturbations, seed: int, test_fraction: float = 0.25,
+                               control: str = "non-targeting") -> np.ndarray:
+    """The last ceil(tf*n) of the sorted, shuffled non-control labels are test (all their
+    cells); every other cell (controls included) goes 80/20 to train/val."""
+    labels = np.asarray(perturbations, dtype=str)
+    _check_fraction(test_fraction)
+    perts = np.array(sorted(set(labels) - {control}))
+    n_test = math.ceil(test_fraction * len(perts))
+    if not 1 <= n_test < len(perts):
+        raise SplitError(
+            f"heldout_perturbation: test_fraction {test_fraction} holds out {n_test} of "
+            f"{len(perts)} perturbations; at least one must be held out and one kept"
+        )
+    np.random.default_rng(seed).shuffle(perts)
+    is_test = np.isin(labels, perts[len(perts) - n_test :])
+    out = np.full(len(labels), "test", dtype=object)
+    train, val = train_test_split(np.flatnonzero(~is_test), test_size=0.2, random_state=seed)
+    out[train], out[val] = "train", "val"
+    return out
+
+
 def _check_fraction(fraction: float) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise SplitError(f"fraction must lie in [0, 1], got {fraction}")
 
 
 def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
-               test_fraction: float = 0.25, combination_ids=None) -> np.ndarray:
+               test_fraction: float = 0.25, combination_ids=None,
+               control: str = "non-targeting") -> np.ndarray:
     labels = np.asarray(perturbations, dtype=str)
     if kind == "random":
         return random_split(len(labels), seed)
@@ -113,6 +136,8 @@ def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
         return ood_split(labels, fraction, seed, test_fraction, combination_ids)
     if kind == "data_efficiency":
         return data_efficiency_split(labels, fraction, seed)
+    if kind == "heldout_perturbation":
+        return heldout_perturbation_split(labels, seed, test_fraction, control)
     raise SplitError(f"unknown split kind {kind!r}; expected one of {KINDS}")
 
 

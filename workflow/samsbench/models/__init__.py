@@ -17,6 +17,7 @@ from samsbench.models.baselines import AdditiveMean, ControlMean
 from samsbench.models.conditional_vae import ConditionalVAE
 from samsbench.models.cpa_vae import CpaVAE
 from samsbench.models.sams_vae import SamsVAE, SamsVAEMeanField
+from samsbench.models.sams_vae_no_mask import SamsVAENoMask
 from samsbench.models.svae_plus import SvaePlus
 
 FAMILIES: dict[str, type] = {}
@@ -30,7 +31,8 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (SamsVAE, SamsVAEMeanField, CpaVAE, ConditionalVAE, SvaePlus, ControlMean, AdditiveMean):
+for _cls in (SamsVAE, SamsVAEMeanField, SamsVAENoMask, CpaVAE, ConditionalVAE, SvaePlus,
+             ControlMean, AdditiveMean):
     register(_cls)
 
 
