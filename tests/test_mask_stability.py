@@ -1,0 +1,97 @@
+"""Mask stability across seeds: Hungarian matching and the agreement measures, by hand."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from samsbench import mask_stability as ms
+
+# 4 perturbations x 3 dims
+A = np.array([[0.9, 0.1, 0.0],
+              [0.8, 0.0, 0.2],
+              [0.1, 0.7, 0.0],
+              [0.0, 0.6, 0.95]])
+
+
+def test_a_permuted_mask_agrees_perfectly():
+    perm = [2, 0, 1]
+    B = A[:, perm]
+    assert ms.jaccard(A, B) == 1.0
+    assert ms.entry_agreement(A, B) == 1.0
+    assert ms.q_correlation(A, B) == pytest.approx(1.0)
+    np.testing.assert_array_equal(B[:, ms.match_thresholded(A, B)] > 0.5, A > 0.5)
+
+
+def test_known_case_by_hand():
+    # Active entries of A: (0,0) (1,0) (2,1) (3,1) (3,2): five.
+    # B, columns permuted from a mask that drops (1,0) and adds (0,2):
+    #   matched: shared 4, union 6 -> Jaccard 4/6; entries differing 2 of 12 -> agreement 10/12
+    hard = np.array([[1, 0, 1],
+                     [0, 0, 0],
+                     [0, 1, 0],
+                     [0, 1, 1]], dtype=float)
+    B = hard[:, [1, 2, 0]]
+    assert ms.jaccard(A, B) == pytest.approx(4 / 6)
+    assert ms.entry_agreement(A, B) == pytest.approx(10 / 12)
+
+
+def test_q_correlation_by_hand():
+    # 2 x 2: b is a with columns swapped and one value changed; after matching the flattened
+    # pairs are (1,1) (0,0) (0,0) (1,0.5): r computed by hand.
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[0.0, 1.0], [0.5, 0.0]])
+    x = np.array([1.0, 0.0, 0.0, 1.0])
+    y = np.array([1.0, 0.0, 0.0, 0.5])
+    xc, yc = x - x.mean(), y - y.mean()
+    expected = (xc @ yc) / math.sqrt((xc @ xc) * (yc @ yc))
+    assert ms.q_correlation(a, b) == pytest.approx(expected)
+    assert expected == pytest.approx(0.9045340337)
+
+
+def test_empty_masks_and_constant_probabilities_are_nan():
+    zeros = np.zeros((3, 2))
+    assert math.isnan(ms.jaccard(zeros, zeros))
+    assert ms.entry_agreement(zeros, zeros) == 1.0
+    assert math.isnan(ms.q_correlation(zeros, A[:3, :2]))
+    with pytest.raises(ValueError, match="equally shaped"):
+        ms.jaccard(A, A[:, :2])
+
+
+def test_mask_off_ablation_is_not_a_learned_mask():
+    assert not ms.is_masked(np.ones((3, 2)))
+    assert not ms.is_masked(None)
+    assert ms.is_masked(A)
+
+
+def test_pair_table_aligns_perturbations_and_skips_single_seeds():
+    index = ["p0", "p1", "p2", "p3"]
+    masks = {
+        ("sams", "random", 0): pd.DataFrame(A, index=index),
+        ("sams", "random", 1): pd.DataFrame(A[::-1, [1, 2, 0]], index=index[::-1]),
+        ("sams", "random", 2): pd.DataFrame(A, index=index),
+        ("other", "random", 0): pd.DataFrame(A, index=index),
+    }
+    table = ms.pair_table(masks)
+    assert list(zip(table.seed_a, table.seed_b)) == [(0, 1), (0, 2), (1, 2)]
+    assert set(table.model) == {"sams"}
+    assert np.allclose(table.jaccard, 1.0) and np.allclose(table.q_correlation, 1.0)
+    assert table.active_a.iloc[0] == pytest.approx(5 / 12)
+
+
+def test_seed_support_counts_seeds_per_term():
+    rows = [  # term X in seeds 0 and 2 (twice in seed 0: two dims), Y in seed 1, Z not significant
+        ("sams", "random", 0, "KEGG", "X", 0.01),
+        ("sams", "random", 0, "KEGG", "X", 0.02),
+        ("sams", "random", 2, "KEGG", "X", 0.04),
+        ("sams", "random", 1, "KEGG", "Y", 0.01),
+        ("sams", "random", 1, "KEGG", "Z", 0.30),
+    ]
+    table = pd.DataFrame(rows, columns=["model", "split", "seed", "library", "term", "fdr"])
+    out = ms.seed_support(table, {("sams", "random"): [0, 1, 2]}, alpha=0.05)
+    got = {t: (n, s) for t, n, s in zip(out.term, out.n_seeds_found, out.stable)}
+    assert got == {"X": (2, True), "Y": (1, False)}
+    assert set(out.n_seeds) == {3} and set(out.min_seeds) == {2}
+    strict = ms.seed_support(table, {("sams", "random"): [0, 1, 2]}, min_seeds=3)
+    assert not strict.stable.any()
