@@ -15,6 +15,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/enrich.smk"
+include: "workflow/rules/mask_stability.smk"
 include: "workflow/rules/paper_common.smk"
 include: "workflow/rules/paper.smk"
 

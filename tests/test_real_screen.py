@@ -39,6 +39,8 @@ def finished(tmp_path_factory):
     exp["training"].update(BUDGET)
     exp["evaluation"] = {"ate_particles": 100, "iwelbo_particles": 20}
     exp["enrichment"] = {**exp.get("enrichment", {}), **ENRICHMENT}
+    # two seeds of the masked model and of the ablation: the mask-stability rule runs
+    exp["model_seeds"] = {"sams_vae": [0, 1], "sams_vae_no_mask": [0, 1]}
     work = make_workdir(tmp_path_factory.mktemp("real") / "w", config)
     snakemake(work)
     return work, config
@@ -50,7 +52,7 @@ def test_every_stage_output_is_there(finished):
     out = work / "results" / "mcfaline23"
     for model in exp["models"]:
         for split in exp["splits"]:
-            run = out / "runs" / model / split / "seed0"
+            run = out / "runs" / model / split / "seed0"  # every model has seed 0
             for name in ("model.pt", "summary.json", "history.tsv", "predictions.h5ad",
                          "metrics.tsv", "perturbation_latents.h5ad"):
                 assert (run / name).is_file(), run / name
@@ -97,3 +99,18 @@ def test_split_half_effects_agree_on_the_random_split(finished):
               for h in (0, 1)}
     r = np.corrcoef(effect[0].ravel(), effect[1].ravel())[0, 1]
     assert math.isfinite(r) and r > 0.1, r
+
+
+def test_mask_stability_compares_the_learned_masks_only(finished):
+    work, config = finished
+    out = work / "results" / "mcfaline23"
+    pairs = pd.read_csv(out / "mask_stability.tsv", sep="\t")
+    # sams_vae on both splits, one pair of seeds each; the ablation's fixed mask is left out
+    assert sorted(zip(pairs.model, pairs.split)) == [("sams_vae", "heldout_third"),
+                                                     ("sams_vae", "random")]
+    assert (pairs[["seed_a", "seed_b"]].to_numpy() == [0, 1]).all()
+    assert np.isfinite(pairs[["entry_agreement", "q_correlation"]].to_numpy()).all()
+    assert ((pairs.q_correlation >= -1) & (pairs.q_correlation <= 1)).all()
+    assert (out / "figures" / "mask_stability.png").is_file()
+    support = pd.read_csv(out / "enrichment_seed_support.tsv", sep="\t")
+    assert set(support.get("model", [])) <= {"sams_vae"}

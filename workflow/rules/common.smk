@@ -57,6 +57,7 @@ def all_targets():
         else:
             targets.extend(figure_files(experiment))
         targets.extend(sbenrich.workflow_targets(config, experiment, RESULTS))
+        targets.extend(mask_stability_targets(experiment))  # mask_stability.smk
     return targets
 
 

@@ -95,6 +95,10 @@ def check_references(config: dict) -> None:
             for item in exp[key]:
                 if item not in config[table]:
                     raise ConfigError(f"experiment {name}: unknown {key[:-1]} {item!r}")
+        for model in exp.get("model_seeds") or {}:
+            if model not in exp["models"]:
+                raise ConfigError(f"experiment {name}: model_seeds names {model!r}, which is "
+                                  f"not in its models {exp['models']}")
 
 
 def load(path: str = "config.yaml") -> dict:
@@ -109,6 +113,11 @@ def model_hyperparameters(config: dict, experiment: str, model: str) -> dict:
             **exp.get("model_defaults", {}), **config["models"][model]}
 
 
+def model_seeds(exp: dict, model: str) -> list[int]:
+    """A model's training seeds: its entry in the experiment's ``model_seeds``, else ``seeds``."""
+    return list((exp.get("model_seeds") or {}).get(model, exp["seeds"]))
+
+
 def runs(config: dict, experiment: str) -> list[dict]:
     """Every (model, split, seed) of an experiment, with its run directory."""
     exp = config["experiments"][experiment]
@@ -116,7 +125,7 @@ def runs(config: dict, experiment: str) -> list[dict]:
     for model in exp["models"]:
         family = config["models"][model]["family"]
         for split in exp["splits"]:
-            for seed in exp["seeds"]:
+            for seed in model_seeds(exp, model):
                 out.append({
                     "experiment": experiment, "model": model, "family": family,
                     "split": split, "seed": int(seed), "dataset": exp["dataset"],
