@@ -95,3 +95,29 @@ def test_seed_support_counts_seeds_per_term():
     assert set(out.n_seeds) == {3} and set(out.min_seeds) == {2}
     strict = ms.seed_support(table, {("sams", "random"): [0, 1, 2]}, min_seeds=3)
     assert not strict.stable.any()
+
+
+def test_model_seeds_override_the_experiment_seeds(repo_root):
+    import copy
+    import os
+
+    import yaml
+
+    from samsbench import config as sbconfig
+    from samsbench.stage_mask_stability import masked_groups
+
+    with open(os.path.join(repo_root, "config.yaml")) as fh:
+        base = yaml.safe_load(fh)
+    cfg = copy.deepcopy(base)
+    cfg["experiments"]["simulated"]["model_seeds"] = {"sams_vae": [0, 1, 2]}
+    sbconfig.validate(cfg)
+    runs = sbconfig.runs(cfg, "simulated")
+    seeds = {}
+    for run in runs:
+        seeds.setdefault(run["model"], []).append(run["seed"])
+    assert seeds["sams_vae"] == [0, 1, 2] and seeds["cpa_vae"] == [0]
+    assert list(masked_groups(runs)) == [("sams_vae", "ood_half")]
+    bad = copy.deepcopy(base)
+    bad["experiments"]["simulated"]["model_seeds"] = {"nope": [0, 1]}
+    with pytest.raises(sbconfig.ConfigError, match="model_seeds names 'nope'"):
+        sbconfig.validate(bad)
