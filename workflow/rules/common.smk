@@ -1,6 +1,7 @@
 # Shared helpers: config validation (defaults filled, readable errors) and the list of runs.
 import samsbench.config as sbconfig
 import samsbench.enrich as sbenrich
+import samsbench.stage_mask_stability as sbstability
 
 sbconfig.validate(config)
 RESULTS = config["results"]
@@ -57,7 +58,9 @@ def all_targets():
         else:
             targets.extend(figure_files(experiment))
         targets.extend(sbenrich.workflow_targets(config, experiment, RESULTS))
-        targets.extend(mask_stability_targets(experiment))  # mask_stability.smk
+        targets.extend(
+            sbstability.workflow_targets(runs(experiment), RESULTS, experiment)
+        )
     return targets
 
 

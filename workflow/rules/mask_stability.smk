@@ -1,32 +1,17 @@
 # Mask stability across seeds (beyond the reference; samsbench.mask_stability): for every model
 # with two or more seeds on a split, Hungarian-matched agreement of the thresholded masks and
 # the correlation of q(mask) between seeds, and the enrichment terms found in >= k of n seeds.
-# Models without a learned mask are read and left out. Uses RESULTS and runs() of common.smk.
+# Models without a learned mask are read and left out. Uses RESULTS and runs() of common.smk;
+# its targets come from samsbench.stage_mask_stability.workflow_targets.
 import samsbench.enrich as sbenrich
 import samsbench.stage_mask_stability as sbstability
-
-
-def stability_runs(experiment):
-    groups = sbstability.masked_groups(runs(experiment))
-    return [run for group in groups.values() for run in group]
-
-
-def mask_stability_targets(experiment):
-    if not stability_runs(experiment):
-        return []
-    out = f"{RESULTS}/{experiment}"
-    return [
-        f"{out}/mask_stability.tsv",
-        f"{out}/enrichment_seed_support.tsv",
-        f"{out}/figures/mask_stability.png",
-    ]
 
 
 rule mask_stability:
     input:
         latents=lambda wc: [
             f"{run['dir']}/perturbation_latents.h5ad"
-            for run in stability_runs(wc.experiment)
+            for run in sbstability.stability_runs(runs(wc.experiment))
         ],
         enrichment=f"{RESULTS}/{{experiment}}/enrichment.tsv",
     output:
@@ -49,7 +34,7 @@ rule mask_stability:
     conda:
         "../../envs/samsbench.yaml"
     params:
-        runs=lambda wc: stability_runs(wc.experiment),
+        runs=lambda wc: sbstability.stability_runs(runs(wc.experiment)),
         threshold=lambda wc: sbenrich.experiment_settings(config, wc.experiment)[
             "threshold"
         ],

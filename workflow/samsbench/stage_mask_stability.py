@@ -22,6 +22,20 @@ def masked_groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return {k: v for k, v in groups.items() if len({r["seed"] for r in v}) >= 2}
 
 
+def stability_runs(runs: list[dict]) -> list[dict]:
+    """The runs the mask_stability rule reads: those of (model, split) with two or more seeds."""
+    return [run for group in masked_groups(runs).values() for run in group]
+
+
+def workflow_targets(runs: list[dict], results: str, experiment: str) -> list[str]:
+    """The rule's outputs for the Snakefile's ``all`` (none without a model of two seeds)."""
+    if not stability_runs(runs):
+        return []
+    out = f"{results}/{experiment}"
+    return [f"{out}/mask_stability.tsv", f"{out}/enrichment_seed_support.tsv",
+            f"{out}/figures/mask_stability.png"]
+
+
 def run_mask_stability(runs: list[dict], latent_paths: list[str], enrichment_path: str | None,
                        out_pairs: str, out_support: str, out_figure: str,
                        threshold: float = 0.5, alpha: float = 0.05,
