@@ -121,3 +121,21 @@ def test_model_seeds_override_the_experiment_seeds(repo_root):
     bad["experiments"]["simulated"]["model_seeds"] = {"nope": [0, 1]}
     with pytest.raises(sbconfig.ConfigError, match="model_seeds names 'nope'"):
         sbconfig.validate(bad)
+
+
+def test_only_perturbations_with_training_cells_are_compared(tmp_path):
+    import anndata as ad
+
+    from samsbench.data import contract, splits
+    from samsbench.stage_mask_stability import trained_perturbations
+
+    labels = ["non-targeting", "A", "A", "B", "A+C", "D"]
+    adata = ad.AnnData(np.ones((6, 2), dtype=np.int32),
+                       obs=pd.DataFrame({"perturbation": labels},
+                                        index=[f"c{i}" for i in range(6)]))
+    contract.write(adata, tmp_path / "d.h5ad")
+    splits.write_split(adata.obs_names, ["train", "train", "val", "test", "train", "test"],
+                       tmp_path / "s.tsv")
+    got = trained_perturbations(str(tmp_path / "d.h5ad"), {"s": str(tmp_path / "s.tsv")})
+    # B and D have no training cell; C is trained through the combination A+C
+    assert got == {"s": {"non-targeting", "A", "A+C", "C"}}

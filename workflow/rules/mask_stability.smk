@@ -14,6 +14,13 @@ rule mask_stability:
             for run in sbstability.stability_runs(runs(wc.experiment))
         ],
         enrichment=f"{RESULTS}/{{experiment}}/enrichment.tsv",
+        data=prepared,
+        splits=lambda wc: sorted(
+            {
+                f"{RESULTS}/datasets/{run['dataset']}/splits/{run['split']}.tsv"
+                for run in sbstability.stability_runs(runs(wc.experiment))
+            }
+        ),
     output:
         pairs=report(
             f"{RESULTS}/{{experiment}}/mask_stability.tsv",

@@ -36,10 +36,28 @@ def workflow_targets(runs: list[dict], results: str, experiment: str) -> list[st
             f"{out}/figures/mask_stability.png"]
 
 
+def trained_perturbations(data_path: str, split_paths: dict[str, str]) -> dict[str, set[str]]:
+    """Per split: the perturbation columns with training cells (labels and their components).
+
+    A held-out perturbation's q(mask) never moves from its initial value in any seed; left in,
+    those identical rows would count as agreement."""
+    from samsbench.data import contract, splits
+
+    data = contract.read(data_path)
+    labels = data.obs[contract.PERTURBATION_KEY].astype(str).to_numpy()
+    out = {}
+    for split, path in split_paths.items():
+        train = set(labels[splits.read_split(path, data.obs_names) == "train"])
+        out[split] = train | {c for lab in train for c in contract.components(lab)}
+    return out
+
+
 def run_mask_stability(runs: list[dict], latent_paths: list[str], enrichment_path: str | None,
                        out_pairs: str, out_support: str, out_figure: str,
                        threshold: float = 0.5, alpha: float = 0.05,
-                       min_seeds: int | None = None) -> pd.DataFrame:
+                       min_seeds: int | None = None,
+                       trained: dict[str, set[str]] | None = None) -> pd.DataFrame:
+    """``trained``: per split, the perturbations compared (default: every row)."""
     if len(runs) != len(latent_paths):
         raise ValueError(f"{len(runs)} runs but {len(latent_paths)} latents files")
     masks, skipped = {}, set()
@@ -49,8 +67,10 @@ def run_mask_stability(runs: list[dict], latent_paths: list[str], enrichment_pat
         if not ms.is_masked(layer):  # no mask, or the mask-off ablation's fixed ones
             skipped.add(run["model"])
             continue
-        masks[(run["model"], run["split"], int(run["seed"]))] = pd.DataFrame(
-            layer, index=latents.obs_names.astype(str))
+        frame = pd.DataFrame(layer, index=latents.obs_names.astype(str))
+        if trained is not None:
+            frame = frame[frame.index.isin(trained[run["split"]])]
+        masks[(run["model"], run["split"], int(run["seed"]))] = frame
     if skipped:
         log.info("no learned mask (left out): %s", sorted(skipped))
     pairs = ms.pair_table(masks, threshold)
