@@ -28,6 +28,7 @@ BUDGET = {"max_steps": 50, "val_every": 25, "batch_size": 128}
 LEFT_OUT = ("sams_vae_mean_field", "control_mean")
 # Enrichment is the slowest stage per run: the masked model and one library exercise it.
 ENRICHMENT = {"models": ["sams_vae"], "gene_sets": ["KEGG_2021_Human"]}
+# families scored without IWELBO
 WITHOUT_LIKELIHOOD = ("control_mean", "additive_mean", "train_mean", "linear", "replicate")
 
 
@@ -38,7 +39,7 @@ def finished(tmp_path_factory):
     config["run"] = ["mcfaline23"]
     config["datasets"]["mcfaline23"]["path"] = os.path.abspath(SHARED)
     exp = config["experiments"]["mcfaline23"]
-    assert "replicate" in exp["models"] and set(LEFT_OUT) <= set(exp["models"])
+    assert set(LEFT_OUT) <= set(exp["models"])
     exp["models"] = [m for m in exp["models"] if m not in LEFT_OUT]
     exp["training"].update(BUDGET)
     exp["evaluation"] = {"ate_particles": 50, "iwelbo_particles": 10}
@@ -80,18 +81,24 @@ def test_every_metric_is_finite_for_every_model(finished):
             rows = table[(table.model == model) & (table.split == split)]
             for metric in ("ate_r2", "effect_rmse", "ate_pearson"):
                 assert ((rows.metric == metric) & (rows.subset == "all")).any(), (model, split)
-            if model not in WITHOUT_LIKELIHOOD:
+            if config["models"][model]["family"] not in WITHOUT_LIKELIHOOD:
                 assert (rows.metric == "test_iwelbo").any(), (model, split)
 
 
 def test_the_replicate_ceiling_is_positive_on_the_random_split(finished):
     """Effects from one half of each perturbation's cells, scored against the other half
-    (the replicate model), correlate positively: the screen has a signal to predict."""
-    work, _ = finished
+    (the replicate family), correlate positively: the screen has a signal to predict. The
+    ceiling is the mean over the experiment's three halvings, as the normalised scores take
+    it (one halving is noisy here: -0.01 for seed 0, 0.07 on average over 20)."""
+    work, config = finished
+    exp = config["experiments"]["mcfaline23"]
+    halvings = [m for m in exp["models"] if config["models"][m]["family"] == "replicate"]
+    assert len(halvings) == 3
     table = pd.read_csv(work / "results/mcfaline23/metrics.tsv", sep="\t")
-    row = table[(table.model == "replicate") & (table.split == "random")
-                & (table.metric == "ate_pearson") & (table.subset == "all")]
-    assert len(row) == 1 and row["value"].iloc[0] > 0, row
+    rows = table[(table.family == "replicate") & (table.split == "random")
+                 & (table.metric == "ate_pearson") & (table.subset == "all")]
+    assert sorted(rows.model) == sorted(halvings)
+    assert rows["value"].mean() > 0, rows[["model", "value"]]
     # every model's score is normalised against it, or says why not
     scored = table[table.metric == "ate_pearson"]
     assert (scored["normalised"].notna() | scored["normalised_note"].fillna("").ne("")).all()
