@@ -18,6 +18,7 @@ include: "workflow/rules/scores.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/enrich.smk"
 include: "workflow/rules/planted.smk"
+include: "workflow/rules/mask_stability.smk"
 include: "workflow/rules/paper_common.smk"
 include: "workflow/rules/paper.smk"
 

@@ -208,3 +208,20 @@ def test_split_file_round_trip(tmp_path, norman_like):
     splits.write_split(cells, out, tmp_path / "s.tsv")
     shuffled = cells[::-1]
     np.testing.assert_array_equal(splits.read_split(tmp_path / "s.tsv", shuffled), out[::-1])
+
+
+def test_heldout_perturbation_split_holds_out_whole_perturbations():
+    from samsbench.data.splits import heldout_perturbation_split
+
+    labels = np.repeat(["non-targeting", "A", "B", "C", "D", "E", "F", "G", "H"], 10)
+    out = heldout_perturbation_split(labels, seed=1, test_fraction=0.3)
+    held = set(labels[out == "test"])
+    assert len(held) == 3  # ceil(0.3 * 8)
+    assert "non-targeting" not in held
+    # every cell of a held-out perturbation is test, no other cell is
+    assert set(out[np.isin(labels, list(held))]) == {"test"}
+    assert set(out[~np.isin(labels, list(held))]) == {"train", "val"}
+    again = heldout_perturbation_split(labels, seed=1, test_fraction=0.3)
+    assert list(out) == list(again)
+    with pytest.raises(splits.SplitError, match="at least one must be held out and one kept"):
+        heldout_perturbation_split(labels, seed=1, test_fraction=1.0)

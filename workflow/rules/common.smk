@@ -4,6 +4,7 @@ import samsbench.config as sbconfig
 import samsbench.io as sbio
 import samsbench.stages.data as sbdata
 import samsbench.stages.enrich as sbenrich
+import samsbench.stages.stability as sbstability
 
 sbconfig.validate(config)
 RESULTS = config["results"]
@@ -77,6 +78,7 @@ def all_targets():
         # gene-set enrichment needs real gene symbols (reference_sim names genes g0, g1, ...)
         if dataset_reader(experiment).gene_symbols:
             targets.extend(enrichment_targets(experiment))
+        targets.extend(stability_targets(experiment))
     return targets
 
 
@@ -92,6 +94,23 @@ def planted_targets(experiment):
     if not dataset_reader(experiment).planted_mask:
         return []
     return [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
+
+
+def stability_runs(experiment):
+    """Runs of the models with two or more seeds on a split (mask_stability.smk)."""
+    return sbstability.stability_runs(runs(experiment))
+
+
+def stability_targets(experiment):
+    """Mask stability across seeds, when some model has two or more seeds on a split."""
+    if not stability_runs(experiment):
+        return []
+    out = f"{RESULTS}/{experiment}"
+    return [
+        f"{out}/mask_stability.tsv",
+        f"{out}/enrichment_seed_support.tsv",
+        f"{out}/figures/mask_stability.png",
+    ]
 
 
 FIGURES = ["ate_metrics", "iwelbo", "training_curves"]

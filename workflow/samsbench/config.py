@@ -134,6 +134,10 @@ def check_references(config: dict) -> None:
             for item in exp[key]:
                 if item not in config[table]:
                     raise ConfigError(f"experiment {name}: unknown {key[:-1]} {item!r}")
+        for model in exp.get("model_seeds") or {}:
+            if model not in exp["models"]:
+                raise ConfigError(f"experiment {name}: model_seeds names {model!r}, which is "
+                                  f"not in its models {exp['models']}")
 
 
 def load(path: str = "config.yaml") -> dict:
@@ -204,6 +208,11 @@ def check_hyperparameters(config: dict) -> None:
         model_hyperparameters(config, None, model)
 
 
+def model_seeds(exp: dict, model: str) -> list[int]:
+    """A model's training seeds: its entry in the experiment's ``model_seeds``, else ``seeds``."""
+    return list((exp.get("model_seeds") or {}).get(model, exp["seeds"]))
+
+
 def runs(config: dict, experiment: str) -> list[dict]:
     """Every (model, split, seed) of an experiment, with its run directory."""
     exp = config["experiments"][experiment]
@@ -211,7 +220,7 @@ def runs(config: dict, experiment: str) -> list[dict]:
     for model in exp["models"]:
         family = config["models"][model]["family"]
         for split in exp["splits"]:
-            for seed in exp["seeds"]:
+            for seed in model_seeds(exp, model):
                 out.append({
                     "experiment": experiment, "model": model, "family": family,
                     "split": split, "seed": int(seed), "dataset": exp["dataset"],
@@ -230,7 +239,8 @@ def runs(config: dict, experiment: str) -> list[dict]:
 # sees ordinary named splits and models. Names are deterministic and path-safe, e.g.
 # `ood_f0.25_s3` or `sams_vae_L2_mfe_unique`. Configs without grids are left untouched.
 
-SPLIT_PREFIX = {"random": "random", "ood": "ood", "data_efficiency": "de"}
+SPLIT_PREFIX = {"random": "random", "ood": "ood", "data_efficiency": "de",
+                "heldout_perturbation": "heldout"}
 # Model-name tokens: canonical order first, other keys after in alphabetical order.
 MODEL_TOKEN_ORDER = ["n_latent", "n_layers", "mask_prior_prob", "mask_beta_concentration_1",
                      "mask_beta_concentration_2", "mean_field_encoder", "encoding"]

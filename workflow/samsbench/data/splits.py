@@ -2,8 +2,9 @@
 
 ``random``: 80/20 train+val/test, then 80/20 train/val, scikit-learn ``train_test_split``
 with ``random_state=seed`` (Replogle; any dataset). ``ood``: Norman held-out combinations.
-``data_efficiency``: Norman with a fraction of the combination training cells. Cells that a
-split leaves out are labelled ``unused``.
+``data_efficiency``: Norman with a fraction of the combination training cells.
+``heldout_perturbation`` (beyond the reference): whole perturbations unseen in training, for
+screens of single perturbations. Cells that a split leaves out are labelled ``unused``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from samsbench import io as sbio
-from samsbench.data.contract import COMBINATION_SEP, canonical, components
+from samsbench.data.contract import COMBINATION_SEP, DEFAULT_CONTROL, canonical, components
 
 SPLIT_NAMES = ("train", "val", "test", "unused")
-KINDS = ("random", "ood", "data_efficiency")
+KINDS = ("random", "ood", "data_efficiency", "heldout_perturbation")
 
 
 class SplitError(ValueError):
@@ -119,6 +120,27 @@ def data_efficiency_split(perturbations, fraction: float, seed: int,
     return out
 
 
+def heldout_perturbation_split(perturbations, seed: int, test_fraction: float = 0.25,
+                               control: str = DEFAULT_CONTROL) -> np.ndarray:
+    """The last ceil(tf*n) of the sorted, shuffled non-control labels are test (all their
+    cells); every other cell (controls included) goes 80/20 to train/val."""
+    labels = np.asarray(perturbations, dtype=str)
+    _check_fraction(test_fraction)
+    perts = np.array(sorted(set(labels) - {control}))
+    n_test = math.ceil(test_fraction * len(perts))
+    if not 1 <= n_test < len(perts):
+        raise SplitError(
+            f"heldout_perturbation: test_fraction {test_fraction} holds out {n_test} of "
+            f"{len(perts)} perturbations; at least one must be held out and one kept"
+        )
+    np.random.default_rng(seed).shuffle(perts)
+    is_test = np.isin(labels, perts[len(perts) - n_test :])
+    out = np.full(len(labels), "test", dtype=object)
+    train, val = train_test_split(np.flatnonzero(~is_test), test_size=0.2, random_state=seed)
+    out[train], out[val] = "train", "val"
+    return out
+
+
 def _check_fraction(fraction: float) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise SplitError(f"fraction must lie in [0, 1], got {fraction}")
@@ -128,7 +150,8 @@ def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
                test_fraction: float = 0.25, combination_ids=None,
                control: str | None = None) -> np.ndarray:
     """``control`` (optional): a component with this name is no perturbation, so
-    ``KLF1+ctrl`` counts as a single perturbation (prepared files never hold such labels)."""
+    ``KLF1+ctrl`` counts as a single perturbation (prepared files never hold such labels);
+    ``heldout_perturbation`` never holds out the control (default ``non-targeting``)."""
     labels = np.asarray(perturbations, dtype=str)
     if kind == "random":
         return random_split(len(labels), seed)
@@ -136,6 +159,9 @@ def make_split(perturbations, kind: str, seed: int = 0, fraction: float = 1.0,
         return ood_split(labels, fraction, seed, test_fraction, combination_ids, control)
     if kind == "data_efficiency":
         return data_efficiency_split(labels, fraction, seed, control)
+    if kind == "heldout_perturbation":
+        return heldout_perturbation_split(labels, seed, test_fraction,
+                                          control or DEFAULT_CONTROL)
     raise SplitError(f"unknown split kind {kind!r}; expected one of {KINDS}")
 
 

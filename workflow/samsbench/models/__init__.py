@@ -21,6 +21,7 @@ from samsbench.models.cpa_vae import CpaVAE
 from samsbench.models.linear import LinearModel
 from samsbench.models.replicate import Replicate
 from samsbench.models.sams_vae import SamsVAE, SamsVAEMeanField
+from samsbench.models.sams_vae_no_mask import SamsVAENoMask
 from samsbench.models.svae_plus import SvaePlus
 from samsbench.models.train_mean import TrainMean
 
@@ -35,8 +36,8 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (SamsVAE, SamsVAEMeanField, CpaVAE, ConditionalVAE, SvaePlus, ControlMean, AdditiveMean,
-             TrainMean, LinearModel, Replicate):
+for _cls in (SamsVAE, SamsVAEMeanField, SamsVAENoMask, CpaVAE, ConditionalVAE, SvaePlus,
+             ControlMean, AdditiveMean, TrainMean, LinearModel, Replicate):
     register(_cls)
 
 

@@ -5,7 +5,8 @@
   colour bar on top), one panel per model;
 * ``top_terms_dotplot``: the top enriched terms of each latent dimension;
 * ``complex_recovery_plot``: AUROC and average precision of complex recovery per model and
-  similarity.
+  similarity;
+* ``mask_stability_plot``: agreement of learned masks between seeds, one point per pair.
 """
 
 from __future__ import annotations
@@ -288,5 +289,33 @@ def complex_recovery_plot(table: pd.DataFrame):
                 ax.legend(title="similarity", fontsize=7, title_fontsize=7)
             elif ax.get_legend() is not None:
                 ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+STABILITY_MEASURES = [("jaccard", "matched Jaccard of\nthresholded masks"),
+                      ("q_correlation", "Pearson r of matched q(mask)"),
+                      ("entry_agreement", "matched entry agreement")]
+
+
+def mask_stability_plot(pairs: pd.DataFrame):
+    """One point per pair of seeds (``enrichment.stability.pair_table``), per model and split,
+    with the mean as a bar; one panel per measure."""
+    if pairs.empty:
+        return _empty("no masked model with two or more seeds", "mask stability across seeds")
+    n = len(STABILITY_MEASURES)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    groups = sorted({(m, s) for m, s in zip(pairs["model"], pairs["split"])})
+    for ax, (column, title) in zip(axes[0], STABILITY_MEASURES):
+        for i, (model, split) in enumerate(groups):
+            values = pairs.loc[(pairs["model"] == model) & (pairs["split"] == split), column]
+            ax.scatter([i] * len(values), values, color="#1b9e77", alpha=0.8, zorder=3)
+            if values.notna().any():
+                ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", zorder=4)
+        ax.set_xticks(range(len(groups)), [f"{m}\n{s}" for m, s in groups], rotation=45,
+                      ha="right", fontsize=8)
+        ax.set_ylim(-1.05 if column == "q_correlation" else -0.05, 1.05)  # r may be negative
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -15,20 +15,28 @@ import seaborn as sns  # noqa: E402
 FAMILY_COLOURS = {
     "sams_vae": "#1b9e77",
     "sams_vae_mean_field": "#66c2a5",
+    "sams_vae_no_mask": "#a6d854",
     "cpa_vae": "#d95f02",
     "conditional_vae": "#7570b3",
     "svae_plus": "#e7298a",
     "control_mean": "#999999",
     "additive_mean": "#a6761d",
+    "train_mean": "#666666",
+    "linear": "#e6ab02",
+    "replicate": "#222222",
 }
 FAMILY_LABELS = {
     "sams_vae": "SAMS-VAE (correlated)",
     "sams_vae_mean_field": "SAMS-VAE (mean field)",
+    "sams_vae_no_mask": "SAMS-VAE (mask off)",
     "cpa_vae": "CPA-VAE",
     "conditional_vae": "Conditional VAE",
     "svae_plus": "SVAE+",
     "control_mean": "Control mean",
     "additive_mean": "Additive mean",
+    "train_mean": "Training mean",
+    "linear": "Linear (PCA + ridge)",
+    "replicate": "Replicate (split-half)",
 }
 
 

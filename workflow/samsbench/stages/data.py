@@ -53,11 +53,12 @@ def _reference_sim(block, _input, out):
     contract.write(reference_dataset(**block.get("simulate", {})), out)
 
 
-def _h5ad(_block, path, out):
+def _h5ad(block, path, out):
     """A user's contract file, its labels normalised: control components dropped
     (``KLF1+ctrl`` -> ``KLF1``, ``ctrl+ctrl`` -> ``ctrl``) and components sorted (``B+A`` ->
-    ``A+B``). Then validated (errors name the file and the broken rule); copied unchanged
-    when no label changed."""
+    ``A+B``). Then validated (errors name the file and the broken rule) and, with
+    ``counts_sha256``, its counts checked against the pin; copied unchanged when no label
+    changed."""
     adata = contract.read(path, check=False)
     key = contract.PERTURBATION_KEY
     changed = 0
@@ -73,6 +74,10 @@ def _h5ad(_block, path, out):
         contract.validate(adata)
     except contract.ContractError as exc:
         raise contract.ContractError(f"{path}: {exc}") from None
+    if block.get("counts_sha256"):
+        from samsbench.data.mcfaline import check_counts_sha256
+
+        check_counts_sha256(adata, block["counts_sha256"], path)
     if changed:
         contract.write(adata, out)
     else:
@@ -98,6 +103,14 @@ def _norman(block, path, out):
     prepare_norman(path, out, highly_variable_only=block.get("highly_variable_only", True))
 
 
+def _mcfaline(block, path, out):
+    """McFaline-Figueroa 2023 cells of PerturBench's devel.h5ad, counts recovered from its
+    log1p-normalised values and checked against ``counts_sha256`` (docs/real_screen.md)."""
+    from samsbench.data.mcfaline import prepare_mcfaline
+
+    prepare_mcfaline(path, out, counts_sha256_expected=block.get("counts_sha256"))
+
+
 READERS: dict[str, Reader] = {
     "simulate": Reader(_simulate, planted_mask=True),
     # genes are named g0, g1, ...: no gene-set enrichment
@@ -106,6 +119,7 @@ READERS: dict[str, Reader] = {
     "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad"),
     "replogle_raw": Reader(_replogle_raw, download="K562_gwps_raw_singlecell_01.h5ad"),
     "norman": Reader(_norman, download="norman_scpert.h5ad"),
+    "mcfaline": Reader(_mcfaline, download="perturbench_devel.h5ad"),
 }
 
 
@@ -148,6 +162,7 @@ def split(data_path: str, split_cfg: dict, out_path: str) -> None:
         adata.obs[contract.PERTURBATION_KEY].to_numpy(), split_cfg["kind"],
         seed=int(split_cfg.get("seed", 0)), fraction=float(split_cfg.get("fraction", 1.0)),
         test_fraction=float(split_cfg.get("test_fraction", 0.25)), combination_ids=ids,
+        control=contract.control_label(adata),
     )
     splits.write_split(adata.obs_names, labels, out_path)
     counts = pd.Series(labels).value_counts().to_dict()
