@@ -8,6 +8,9 @@ min_version("8.20")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
@@ -17,6 +20,7 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/enrich.smk"
 include: "workflow/rules/paper_common.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

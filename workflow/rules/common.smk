@@ -56,6 +56,7 @@ def all_targets():
     targets = []
     for experiment in config["run"]:
         targets.append(f"{RESULTS}/{experiment}/metrics.tsv")
+        targets.append(f"{RESULTS}/{experiment}/leaderboard.html")
         # paper experiments (a `paper:` block): the paper's tables and figures (paper.smk)
         # instead of the generic figures, whose per-run panels do not scale to 1,125 runs
         if config["experiments"][experiment].get("paper"):

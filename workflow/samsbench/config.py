@@ -18,7 +18,7 @@ import yaml
 
 from samsbench import io as sbio
 
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schemas", "config.schema.yaml")
 
 
 class ConfigError(ValueError):
