@@ -21,6 +21,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default --report results/report.html
+	@echo "Report: $(CURDIR)/results/report.html (open it in a browser; leaderboard and provenance on its home page)"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -121,3 +121,27 @@ def external_metrics(experiment):
         for m, s in zip(found.model, found.split)
         if "/" not in m + s
     ]
+
+
+def resolved_experiment(experiment):
+    """The settings an experiment's numbers come from, every default filled."""
+    exp = config["experiments"][experiment]
+    return {
+        "experiment": experiment,
+        "settings": exp,
+        "dataset": {exp["dataset"]: config["datasets"][exp["dataset"]]},
+        "splits": {s: config["splits"][s] for s in exp["splits"]},
+        "models": {
+            m: sbconfig.model_hyperparameters(config, experiment, m)
+            for m in exp["models"]
+        },
+        "device": config["device"],
+        "budget_scale": config["budget_scale"],
+    }
+
+
+def experiment_splits(wildcards):
+    exp = config["experiments"][wildcards.experiment]
+    return {
+        s: f"{RESULTS}/datasets/{exp['dataset']}/splits/{s}.tsv" for s in exp["splits"]
+    }

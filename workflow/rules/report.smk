@@ -2,30 +2,6 @@
 # (samsbench.stages.report), embedded by workflow/report/workflow.rst.
 
 
-def resolved_experiment(experiment):
-    """The settings an experiment's numbers come from, every default filled."""
-    exp = config["experiments"][experiment]
-    return {
-        "experiment": experiment,
-        "settings": exp,
-        "dataset": {exp["dataset"]: config["datasets"][exp["dataset"]]},
-        "splits": {s: config["splits"][s] for s in exp["splits"]},
-        "models": {
-            m: sbconfig.model_hyperparameters(config, experiment, m)
-            for m in exp["models"]
-        },
-        "device": config["device"],
-        "budget_scale": config["budget_scale"],
-    }
-
-
-def experiment_splits(wildcards):
-    exp = config["experiments"][wildcards.experiment]
-    return {
-        s: f"{RESULTS}/datasets/{exp['dataset']}/splits/{s}.tsv" for s in exp["splits"]
-    }
-
-
 rule report_summary:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
@@ -44,8 +20,6 @@ rule report_summary:
         ),
     log:
         f"{RESULTS}/logs/report_summary/{{experiment}}.log",
-    message:
-        "Leaderboard, cost and provenance of {wildcards.experiment}"
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
@@ -55,5 +29,7 @@ rule report_summary:
         resolved=lambda wc: resolved_experiment(wc.experiment),
         split_paths=experiment_splits,
         device=config["device"],
+    message:
+        "Leaderboard, cost and provenance of {wildcards.experiment}"
     script:
         "../scripts/report_summary.py"
