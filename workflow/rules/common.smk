@@ -1,5 +1,7 @@
 # Shared helpers: config validation (defaults filled, readable errors), the list of runs, the
 # run-directory layout (samsbench.io, spelled once) and every target of the workflow.
+import sys
+
 import samsbench.config as sbconfig
 import samsbench.io as sbio
 import samsbench.stages.enrich as sbenrich
@@ -102,7 +104,6 @@ def enrichment_targets(experiment):
     """Every enrichment output of an experiment, for the Snakefile's all."""
     out = f"{RESULTS}/{experiment}"
     figures = f"{out}/figures/enrichment"
-    libraries = enrichment_settings(experiment)["gene_sets"]
     return [
         f"{out}/gene_set_sources.tsv",
         f"{out}/enrichment.tsv",
@@ -110,7 +111,37 @@ def enrichment_targets(experiment):
         f"{out}/planted_programs.tsv",
         f"{figures}/mask_heatmaps.png",
         f"{figures}/complex_recovery.png",
-    ] + [f"{figures}/top_terms_{library}.png" for library in libraries]
+    ] + [
+        f"{figures}/top_terms_{library}.png" for library in figure_libraries(experiment)
+    ]
+
+
+DATASET_LIBRARIES = ("pathways", "programs")
+_warned = set()
+
+
+def figure_libraries(experiment):
+    """The tested libraries that get a top-terms figure: not a library of the dataset's own
+    annotation that this dataset lacks (an empty figure would read as a negative result).
+    """
+    from samsbench.stages.data import dataset_annotations
+
+    dataset = config["experiments"][experiment]["dataset"]
+    has = dataset_annotations(config["datasets"][dataset])
+    kept = []
+    for library in enrichment_settings(experiment)["gene_sets"]:
+        if has is not None and library in DATASET_LIBRARIES and library not in has:
+            if (experiment, library) not in _warned:
+                _warned.add((experiment, library))
+                print(
+                    f"samsbench: experiment {experiment}: dataset {dataset} has no "
+                    f"'{library}' annotation; that library is empty, so it gets no "
+                    "top-terms figure",
+                    file=sys.stderr,
+                )
+            continue
+        kept.append(library)
+    return kept
 
 
 def external_metrics(experiment):

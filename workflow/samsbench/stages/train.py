@@ -20,6 +20,11 @@ from samsbench.data.tensors import PerturbationData
 log = logging.getLogger(__name__)
 
 
+def set_threads(n: int) -> None:
+    """CPU threads torch may use in this process (the rule's ``threads``, or ``--threads``)."""
+    torch.set_num_threads(int(n))
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
