@@ -1,6 +1,12 @@
 # samsbench: the SAMS-VAE paper's benchmark, from raw data to figures.
 # Default: the embedded simulated benchmark (config.yaml). See README.md.
+import os
+import sys
+
 from snakemake.utils import min_version
+
+# this checkout's package (workflow/samsbench), installed or not
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 

@@ -191,3 +191,20 @@ def test_a_verb_that_cannot_import_fails_loudly(monkeypatch, capsys, tmp_path):
     assert cli.main(["simulate", "--out", str(tmp_path / "x.h5ad")]) == 3
     err = capsys.readouterr().err
     assert "samsbench simulate: error: cannot import" in err and "samsbench.stages.data" in err
+
+
+def test_conda_environment_pins_every_dependency_without_a_path():
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    with open(os.path.join(ROOT, "envs", "samsbench.yaml")) as fh:
+        env = yaml.safe_load(fh)
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pinned = dict(p.split("==") for p in pip)
+    assert all("/" not in p and not p.startswith("-e") for p in pip), pip
+    for dep in deps:
+        name = re.split(r"[<>=!~ ]", dep)[0].lower()
+        if name != "snakemake-executor-plugin-slurm":  # the cluster executor, not a job's
+            assert name in pinned, f"{name} missing from envs/samsbench.yaml"

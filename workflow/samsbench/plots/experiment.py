@@ -70,7 +70,8 @@ def metric_dots(table: pd.DataFrame, panels: list[tuple[str, str, str]], models:
     names = list(dict.fromkeys(models["model"]))
     palette = model_palette(models)
     splits = sorted(table["split"].astype(str).unique())
-    height = 1.5 + 0.42 * len(names)
+    spacing = 0.3 if len(splits) > 1 else 0.0  # sub-rows of one model, one per split
+    height = 1.5 + 0.42 * len(names) * max(1.0, 0.6 * len(splits)) + (0.45 if splits[1:] else 0)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height), squeeze=False,
                              sharey=True)
     for ax, (metric, subset, xlabel) in zip(axes[0], panels):
@@ -94,22 +95,29 @@ def metric_dots(table: pd.DataFrame, panels: list[tuple[str, str, str]], models:
                         style="italic", transform=ax.get_yaxis_transform())
                 continue
             colour = palette.get(model, "#333")
+            # one sub-row per split: seeds as points, mean ± sd over seeds of that split
             for i, split in enumerate(splits):
-                mine = rows[(rows["split"].astype(str) == split) & ok]
-                offset = (i - (len(splits) - 1) / 2) * 0.18
-                ax.scatter(mine["value"], np.full(len(mine), y + offset), s=22, color=colour,
+                mine = vals[(rows["split"].astype(str) == split).to_numpy() & ok]
+                yy = y + (i - (len(splits) - 1) / 2) * spacing
+                prefix = f"{split}: " if len(splits) > 1 else ""
+                if not len(mine):
+                    ax.text(1.02, yy, prefix + "n/a", va="center", ha="left", fontsize=6.5,
+                            clip_on=False, transform=ax.get_yaxis_transform(), color="#777")
+                    continue
+                ax.scatter(mine, np.full(len(mine), yy), s=22, color=colour,
                            marker=SPLIT_MARKERS[i % len(SPLIT_MARKERS)], zorder=3,
                            edgecolor="black", linewidth=0.4, alpha=0.9)
-            mean, sd = vals[ok].mean(), vals[ok].std(ddof=1) if ok.sum() > 1 else 0.0
-            if ok.sum() > 1:
-                ax.errorbar(mean, y, xerr=sd, fmt="|", color="black", capsize=3, zorder=4,
-                            markersize=12)
-            label = f"{mean:.3g}" + (f" ± {sd:.2g}" if ok.sum() > 1 else "")
-            if model == reference:
-                label = "reference"
-            # the mean beside the panel, outside the data, in the model's row
-            ax.text(1.02, y, label, va="center", ha="left", fontsize=7, clip_on=False,
-                    transform=ax.get_yaxis_transform())
+                mean = mine.mean()
+                sd = mine.std(ddof=1) if len(mine) > 1 else 0.0
+                if len(mine) > 1:
+                    ax.errorbar(mean, yy, xerr=sd, fmt="|", color="black", capsize=2.5,
+                                zorder=4, markersize=9, linewidth=1)
+                label = f"{mean:.3g}" + (f" ± {sd:.2g}" if len(mine) > 1 else "")
+                if model == reference:
+                    label = "reference"
+                # the mean beside the panel, outside the data, in the split's sub-row
+                ax.text(1.02, yy, prefix + label, va="center", ha="left", fontsize=6.5,
+                        clip_on=False, transform=ax.get_yaxis_transform())
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names)
         ax.set_ylim(len(names) - 0.5, -0.5)
@@ -119,10 +127,13 @@ def metric_dots(table: pd.DataFrame, panels: list[tuple[str, str, str]], models:
     if len(splits) > 1:
         handles = [plt.Line2D([], [], marker=SPLIT_MARKERS[i % len(SPLIT_MARKERS)],
                               linestyle="", color="#555", label=s) for i, s in enumerate(splits)]
-        fig.legend(handles=handles, title="split", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        # below the panels: the mean labels take the space right of each panel
+        fig.legend(handles=handles, title="split", loc="lower center", ncol=len(splits),
+                   bbox_to_anchor=(0.5, 0.0), fontsize=8, title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     # fixed margins in inches (the mean labels sit outside each panel; savefig crops tight)
-    fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.6 / height, wspace=0.45)
+    bottom = 1.05 if len(splits) > 1 else 0.6
+    fig.subplots_adjust(top=1 - 0.7 / height, bottom=bottom / height, wspace=0.45)
     return fig
 
 

@@ -253,17 +253,23 @@ def provenance_html(record: dict, experiment: str) -> str:
     items += [(f"sha256 {k}", (v or "missing")[:16] + "…") for k, v in
               record.get("sha256", {}).items()]
     body = "".join(f'<tr><th style="{_CELL};text-align:left;background:#f0f0f0">'
-                   f"{html.escape(k)}</th><td style=\"{_CELL}\"><code>{html.escape(str(v))}"
-                   "</code></td></tr>" for k, v in items)
+                   f"{html.escape(k)}</th><td style=\"{_CELL};font-family:monospace\">"
+                   f"{html.escape(str(v))}</td></tr>" for k, v in items)
     return (f'<table id="provenance-{experiment}" class="samsbench-provenance" '
             f'style="{_STYLE}">{body}</table>'
             f'<p style="font-size:11px;color:#555">Full record with the resolved configuration: '
             f"results/{html.escape(experiment)}/provenance.json and each run's summary.json.</p>")
 
 
+# The report's home page holds its description in a narrow column (max-w-lg); widen that
+# column so the leaderboard is readable without scrolling. Inside the report item's own page
+# the rule matches nothing.
+_WIDEN = "<style>div.prose.max-w-lg{max-width:min(62vw,1300px)!important}</style>"
+
+
 def summary_html(experiment: str, board: pd.DataFrame, cost: pd.DataFrame,
                  record: dict) -> str:
-    return (f'<div class="samsbench-summary" style="max-width:none;overflow-x:auto">'
+    return (f'{_WIDEN}<div class="samsbench-summary" style="max-width:none;overflow-x:auto">'
             f"<h3>Leaderboard: {html.escape(experiment)}</h3>{leaderboard_html(board, experiment)}"
             f"<h3>Cost</h3>{cost_html(cost, experiment)}"
             f"<h3>Provenance</h3>{provenance_html(record, experiment)}</div>")
