@@ -208,3 +208,19 @@ def test_conda_environment_pins_every_dependency_without_a_path():
         name = re.split(r"[<>=!~ ]", dep)[0].lower()
         if name != "snakemake-executor-plugin-slurm":  # the cluster executor, not a job's
             assert name in pinned, f"{name} missing from envs/samsbench.yaml"
+
+
+def test_readme_example_experiment_is_a_valid_config(tmp_path):
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        readme = fh.read()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "experiments:" in b)
+    example = yaml.safe_load(block)
+    with open(os.path.join(ROOT, "config.yaml")) as fh:
+        cfg = yaml.safe_load(fh)
+    for key, value in example.items():  # the README's blocks added to the default config
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    cfg = sbconfig.validate(cfg)
+    assert [r["model"] for r in sbconfig.runs(cfg, "mine")][:1] == ["sams_vae"]
+    assert len(sbconfig.runs(cfg, "mine")) == 6 * 3

@@ -2,6 +2,10 @@
 
 Both the Snakefile and the command line read config.yaml through this module, so a run is
 defined the same way with or without Snakemake.
+
+Over 420 lines because validation, the grid expansion and the resolution of one run's settings
+for the command line (packaged defaults, ``--set``) read the same validated structure; the
+grids are the part to move to a module of their own.
 """
 
 from __future__ import annotations
