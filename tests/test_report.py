@@ -224,3 +224,29 @@ def test_readme_example_experiment_is_a_valid_config(tmp_path):
     cfg = sbconfig.validate(cfg)
     assert [r["model"] for r in sbconfig.runs(cfg, "mine")][:1] == ["sams_vae"]
     assert len(sbconfig.runs(cfg, "mine")) == 6 * 3
+
+
+@pytest.mark.parametrize("path", sorted(os.listdir(os.path.join(ROOT, "workflow", "report"))))
+def test_captions_render_from_the_config(path):
+    # as snakemake --report does: Jinja with the run's config and wildcards, then reST
+    import jinja2
+    from docutils.core import publish_parts
+
+    cfg = sbconfig.load(os.path.join(ROOT, "config.yaml"))
+    experiment = ("norman_ood" if path.startswith("paper_norman") else
+                  "replogle" if "replogle" in path else "simulated")
+
+    class Snakemake:
+        config = cfg
+        wildcards = type("W", (), {"experiment": experiment})
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    with open(os.path.join(ROOT, "workflow", "report", path)) as fh:
+        text = env.from_string(fh.read()).render(snakemake=Snakemake, files=[], categories={})
+    publish_parts(text, writer="html", settings_overrides={"halt_level": 2,
+                                                            "report_level": 5})
+    if path in ("ate_metrics.rst", "iwelbo.rst"):
+        evaluation = cfg["experiments"]["simulated"]["evaluation"]
+        number = evaluation["ate_particles" if path == "ate_metrics.rst" else "iwelbo_particles"]
+        assert f"{number:,}" in text and "2,500" not in text
