@@ -250,3 +250,13 @@ def test_captions_render_from_the_config(path):
         evaluation = cfg["experiments"]["simulated"]["evaluation"]
         number = evaluation["ate_particles" if path == "ate_metrics.rst" else "iwelbo_particles"]
         assert f"{number:,}" in text and "2,500" not in text
+
+
+def test_leaderboard_of_a_grid_pools_splits_into_one_row_per_model():
+    rows = []
+    for split in range(report.MAX_SPLITS + 1):
+        rows += [{**r, "split": f"s{split}"} for r in
+                 _rows("a", "sams_vae", "ate_pearson", "test", [float(split)])]
+    board = report.leaderboard(pd.DataFrame(rows))
+    assert list(board["split"]) == ["all"] and board["seeds"].iloc[0] == report.MAX_SPLITS + 1
+    assert board["mean"].iloc[0] == pytest.approx(np.mean(range(report.MAX_SPLITS + 1)))

@@ -44,11 +44,21 @@ def undefined_reason(metric: str, family: str, short: bool = False) -> str:
     return "no value"
 
 
+# Above this many splits (the paper's grids: 25) a model's row pools every split and seed, so
+# the home page stays one row per model.
+MAX_SPLITS = 4
+# Above this many models (grids of hundreds) the cost table has one row per family and step.
+MAX_COST_MODELS = 20
+
+
 def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per model x split x metric: seeds, mean, sd (and the normalised score's when
     metrics.tsv has a ``normalised`` column), the direction, whether it is the column's best,
-    and the reason when the metric is undefined for the model."""
+    and the reason when the metric is undefined for the model. With more than ``MAX_SPLITS``
+    splits the split reads ``all`` and the statistics pool every split and seed."""
     has_norm = "normalised" in metrics.columns
+    if metrics["split"].nunique() > MAX_SPLITS:
+        metrics = metrics.assign(split="all")
     rows = []
     models = metrics[["model", "family"]].drop_duplicates("model")
     for split in sorted(metrics["split"].astype(str).unique()):
@@ -112,6 +122,8 @@ def cost_table(runs: list[dict], benchmark_root: str, steps=("train", "evaluate"
             rows.append(row)
     frame = pd.DataFrame(rows, columns=["model", "family", "step", "seconds", "max_rss_mb",
                                         "steps_per_second"])
+    if frame["model"].nunique() > MAX_COST_MODELS:  # a grid: one row per family
+        frame = frame.assign(model=frame["family"])
     out = frame.groupby(["model", "step"], sort=False).agg(
         family=("family", "first"), jobs=("seconds", "size"),
         seconds_mean=("seconds", "mean"), seconds_total=("seconds", lambda s: s.sum(min_count=1)),
@@ -213,7 +225,9 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
                 cells.append((text, mean if np.isfinite(mean) else "", style, attrs))
         rows.append(cells)
     n_seeds = int(table["seeds"].max())
-    note = (f"Test subset; {'mean ± sd over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else 'one seed (no sd)'}; "
+    over = "runs (every split and seed)" if splits == ["all"] else "seeds"
+    spread = f"mean ± sd over {n_seeds} {over}" if n_seeds > 1 else "one seed (no sd)"
+    note = (f"Test subset; {spread}; "
             "★ best per column; n/a: hover for the reason; click a header to sort."
             + (" Normalised: 0 = the best simple baseline, 1 = the replicate ceiling." if has_norm
                else " Normalised scores appear here once metrics.tsv has them."))
