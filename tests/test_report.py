@@ -260,3 +260,30 @@ def test_leaderboard_of_a_grid_pools_splits_into_one_row_per_model():
     board = report.leaderboard(pd.DataFrame(rows))
     assert list(board["split"]) == ["all"] and board["seeds"].iloc[0] == report.MAX_SPLITS + 1
     assert board["mean"].iloc[0] == pytest.approx(np.mean(range(report.MAX_SPLITS + 1)))
+
+
+def test_a_library_the_dataset_lacks_gets_one_warning_and_no_figure(tmp_path):
+    from helpers import TINY
+
+    from samsbench.data import contract
+    from samsbench.data.simulate import simulate
+
+    adata = simulate(**TINY)
+    del adata.uns["pathways"], adata.uns["simulation"]  # a user's screen: no annotation
+    contract.write(adata, tmp_path / "mine.h5ad")
+    config = {"run": ["mine"], "datasets": {"mine": {"source": "h5ad", "path": "mine.h5ad"}},
+              "splits": {"random": {"kind": "random", "seed": 0}},
+              "models": {"additive_mean": {"family": "additive_mean"}},
+              "experiments": {"mine": {"dataset": "mine", "splits": ["random"],
+                                       "models": ["additive_mean"]}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    out = subprocess.run([snakemake, "--snakefile", os.path.join(ROOT, "Snakefile"),
+                          "--directory", str(tmp_path), "-n", "--quiet", "rules"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = subprocess.run([snakemake, "--snakefile", os.path.join(ROOT, "Snakefile"),
+                           "--directory", str(tmp_path), "-n", "--forceall"],
+                          capture_output=True, text=True).stdout
+    assert "top_terms_KEGG_2021_Human.png" in plan and "top_terms_pathways.png" not in plan
+    assert out.stderr.count("has no 'pathways' annotation") == 1
