@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 CORES ?= 2
 
-.PHONY: install run test browser test-cluster bench lint clean
+.PHONY: install run test browser test-cluster bench gpu-check lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ browser:
 
 bench: install
 	$(BIN)/python bench/run_benchmarks.py
+
+# On a machine with one CUDA GPU (install a CUDA build of torch first, e.g. TORCH_SPEC=torch
+# without TORCH_INDEX): the gpu tests, then the speed table (docs/training_speed.md). Minutes.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --out gpu_check.tsv
 
 lint: install
 	$(BIN)/snakemake --lint

@@ -259,10 +259,14 @@ def _blocks(n_sets=5, per_set=6, n_other=6, n_dims=16, seed=0, planted=True):
     return genes, sets, mask, emb, effect
 
 
-@pytest.mark.parametrize("kind", ["mask_jaccard", "embedding_cosine", "effect_pearson"])
+KINDS = {"mask_jaccard": "mask", "embedding_cosine": "emb", "effect_pearson": "effect",
+         "embedding_abs_cosine": "emb", "effect_abs_pearson": "effect"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_complex_recovery_planted_blocks_and_random(kind):
     genes, sets, mask, emb, effect = _blocks()
-    values = {"mask_jaccard": mask, "embedding_cosine": mask * emb, "effect_pearson": effect}[kind]
+    values = {"mask": mask, "emb": mask * emb, "effect": effect}[KINDS[kind]]
     score = recovery.recovery_scores(values, genes, sets, kind)
     assert score["auroc"] > 0.95 and score["average_precision"] > 0.8
     assert score["n_perturbations"] == 30  # unannotated U* are left out
@@ -270,11 +274,39 @@ def test_complex_recovery_planted_blocks_and_random(kind):
     aurocs = []
     for seed in range(5):
         genes, sets, mask, emb, effect = _blocks(seed=seed, planted=False)
-        values = {"mask_jaccard": mask, "embedding_cosine": mask * emb, "effect_pearson": effect}[
-            kind
-        ]
+        values = {"mask": mask, "emb": mask * emb, "effect": effect}[KINDS[kind]]
         aurocs.append(recovery.recovery_scores(values, genes, sets, kind)["auroc"])
     assert abs(np.mean(aurocs) - 0.5) < 0.08
+
+
+def test_signed_similarity_is_capped_at_0_55_and_the_sign_free_one_is_not():
+    """The old default run's artefact, rebuilt: 4 programs of 6 targets on their own latent
+    dimension, each target with a random sign. Within a program split (6, 0) there are 15
+    same-sign pairs; split (3, 3), 6 same-sign and 9 opposite-sign pairs. With splits
+    (6,0), (3,3), (3,3), (3,3): 33 of the 60 positive pairs have the same sign, rank above
+    every negative (similarity 0) and the 27 others rank below: AUROC 33/60 = 0.55."""
+    rng = np.random.default_rng(0)
+    genes, sets, rows = [], {}, []
+    for p, n_plus in enumerate((6, 3, 3, 3)):
+        members = [f"P{p}_{i}" for i in range(6)]
+        sets[f"SET{p}"] = set(members)
+        for i, gene in enumerate(members):
+            row = np.zeros(10)
+            sign = 1.0 if i < n_plus else -1.0
+            row[p] = sign * rng.uniform(0.5, 4.0)  # magnitudes differ; the sign is the point
+            genes.append(gene)
+            rows.append(row)
+    shift = np.array(rows)
+    signed = recovery.recovery_scores(shift, genes, sets, "embedding_cosine")
+    assert signed["n_positive_pairs"] == 60 and signed["auroc"] == pytest.approx(0.55)
+    assert recovery.recovery_scores(shift, genes, sets, "embedding_abs_cosine")["auroc"] == 1.0
+    # the same through a linear map to 40 "genes": Pearson is capped, |Pearson| is not
+    effect = shift @ rng.normal(0, 1, (10, 40))
+    assert recovery.recovery_scores(effect, genes, sets, "effect_pearson")["auroc"] < 0.6
+    assert recovery.recovery_scores(effect, genes, sets, "effect_abs_pearson")["auroc"] > 0.9
+    # mask Jaccard is sign-free already
+    mask = (shift != 0).astype(float)
+    assert recovery.recovery_scores(mask, genes, sets, "mask_jaccard")["auroc"] == 1.0
 
 
 def test_complex_recovery_edge_cases():
@@ -304,7 +336,13 @@ def test_true_mask_of_the_simulator_recovers_every_program(kegg):
     found = recovery.planted_program_recovery(table, mask, programs, library)
     assert set(found["program"]) == set(programs) and found["recovered"].all(), found
     pathways = stage.load_gene_sets("pathways", None, data)
-    assert recovery.recovery_scores(truth, labels, pathways, "mask_jaccard")["auroc"] == 1.0
+    # Programs share dimensions (issue 13), so even the true masks do not separate every
+    # pair: the oracle's Jaccard AUROC is 0.943 (the ceiling); clean programs give 1.
+    oracle = recovery.recovery_scores(truth, labels, pathways, "mask_jaccard")["auroc"]
+    assert 0.85 < oracle < 0.99
+    clean = simulate(seed=0, magnitude_sd=0, share_prob=0, shift_noise=0).uns["simulation"]
+    assert recovery.recovery_scores(np.asarray(clean["true_mask"]), labels, pathways,
+                                  "mask_jaccard")["auroc"] == 1.0
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -353,14 +391,14 @@ def test_run_tables_merge_and_figures(kegg, tmp_path):
     assert set(out["enrichment"]["model"]) == {"sams_vae"}
     rec = out["complex_recovery"].set_index("similarity")
     assert list(out["complex_recovery"].columns) == stage.RECOVERY_COLUMNS
-    assert set(rec.index) == {"mask_jaccard", "embedding_cosine", "effect_pearson"}
+    assert set(rec.index) == {"mask_jaccard", "embedding_abs_cosine", "effect_abs_pearson"}
     assert rec.loc["mask_jaccard", "auroc"] > 0.95
     planted = out["planted_programs"]
     assert set(planted["program"]) == set(chosen) and planted["recovered"].all()
 
     base_out = stage.run_tables(base, libraries, SETTINGS, dataset, stage.read_identity(base))
     assert len(base_out["enrichment"]) == 0  # no masks: no enrichment, but still a recovery row
-    assert list(base_out["complex_recovery"]["similarity"]) == ["effect_pearson"]
+    assert list(base_out["complex_recovery"]["similarity"]) == ["effect_abs_pearson"]
     assert base_out["complex_recovery"]["auroc"].iloc[0] == 0.5
 
     # an empty recovery library list is an error naming the candidates
@@ -398,15 +436,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
-    """Acceptance on the embedded simulated benchmark (issue 6): the default config's data,
-    split and hyperparameters, trained here (one thread, as the workflow's train rule).
+    """Acceptance on the embedded simulated benchmark (issues 6 and 13): the default config's
+    data, split and hyperparameters, trained here (one thread, as the workflow's train rule).
 
-    Measured with these settings: the SAMS-VAE with latent-basis alignment (`sams_vae_aligned`)
-    has all 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Porphyrin
-    5.2e-5, Histidine 5.2e-5, IL-17 1.5e-3; dimension Jaccard 0.60, 1.00, 1.00, 0.75);
-    complex-recovery AUROC on the planted programs (best similarity): sams_vae_aligned 0.987
-    against cpa_vae 0.550. The default run (`make run`) gives the same; there the paper's
-    SAMS-VAE without alignment has 2 of 4 (AUROC 0.894, docs/mask_recovery.md).
+    Measured in the default run (`make run`, issue 13's simulation: programs of unequal
+    magnitude that share dimensions, plus noise; sign-free similarities): `sams_vae_aligned`
+    has 3 of the 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Histidine
+    0.048, IL-17 0.024; Porphyrin is top hit at FDR 0.15); its mask-Jaccard AUROC is 0.786
+    (the true masks: 0.943, chance 0.5). CPA-VAE, which has no masks, scores 0.969 on
+    |embedding cosine| and 0.955 on |effect Pearson|, sams_vae_aligned 0.948 and 0.914: the
+    old claim that SAMS-VAE beats CPA-VAE at complex recovery compared Jaccard with a number
+    capped at 0.55 by the sign artefact and does not hold.
     """
     from samsbench import config
     from samsbench.stages import data as data_stage
@@ -439,13 +479,16 @@ def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
         best[model] = out["complex_recovery"]["auroc"].max()
         if model == "sams_vae_aligned":
             planted = out["planted_programs"]
+            rec = out["complex_recovery"].set_index("similarity")["auroc"]
+            jaccard = {model: rec["mask_jaccard"]}
     print(planted.to_string(index=False), best)
     recovered = planted.groupby("program")["recovered"].all()
-    assert recovered.all() and set(recovered.index) == set(programs), planted.to_string(index=False)
+    assert set(recovered.index) == set(programs)
+    assert recovered.sum() >= 3, planted.to_string(index=False)
     hits = planted[planted["recovered"]]
     assert (hits["top_term"] == hits["program"]).all() and (hits["top_fdr"] < 0.05).all()
-    assert best["sams_vae_aligned"] > best["cpa_vae"] + 0.1
-    assert best["sams_vae_aligned"] > 0.6  # the baselines' similarities score 0.5 (no structure)
+    assert 0.7 < jaccard["sams_vae_aligned"] < 0.943  # above chance, below the true masks
+    assert best["cpa_vae"] > 0.9 and best["sams_vae_aligned"] > 0.9
 
 
 def test_replogle_guide_pair_labels_map_to_their_gene():

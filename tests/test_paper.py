@@ -53,9 +53,10 @@ def job_counts(text):
 def test_shipped_grids_have_the_papers_run_counts():
     config = sbconfig.validate(shipped_config())
     counts = {name: len(sbconfig.runs(config, name)) for name in config["experiments"]}
-    assert counts["replogle"] == 180
-    assert counts["norman_ood"] == counts["norman_data_efficiency"] == 1125
-    assert counts["norman_ood_reduced"] == counts["norman_data_efficiency_reduced"] == 225
+    # the paper's runs plus 5 baselines (issue 13) per split and seed
+    assert counts["replogle"] == 180 + 5 * 5
+    assert counts["norman_ood"] == counts["norman_data_efficiency"] == 1125 + 5 * 25
+    assert counts["norman_ood_reduced"] == counts["norman_data_efficiency_reduced"] == 225 + 125
     assert config["run"] == ["simulated"]
     # Norman: training seed 0, 25 split seeds x fractions; Replogle: 5 seeds, one split
     ood = sbconfig.experiment_run_settings(config, "norman_ood")
@@ -68,7 +69,8 @@ def test_shipped_grids_have_the_papers_run_counts():
                                           "test_fraction": 0.25}
     by_family = pd.DataFrame(ood).groupby("family").size().to_dict()
     assert by_family == {"conditional_vae": 150, "cpa_vae": 300, "sams_vae": 300,
-                         "sams_vae_mean_field": 300, "svae_plus": 75}
+                         "sams_vae_mean_field": 300, "svae_plus": 75, "control_mean": 25,
+                         "additive_mean": 25, "train_mean": 25, "linear": 25, "replicate": 25}
     assert {r["encoding"] for r in ood if r["family"] == "svae_plus"} == {"unique"}
     hp = sbconfig.model_hyperparameters(config, "norman_ood", "sams_vae_L4_mfe_unique")
     assert (hp["n_latent"], hp["n_layers"], hp["embedding_encoder_n_layers"],
@@ -247,13 +249,14 @@ def test_determinism_table():
 
 
 @pytest.mark.slow
-def test_dry_run_lists_the_papers_2430_training_runs(tmp_path):
+def test_dry_run_lists_the_papers_2430_training_runs_and_the_baselines(tmp_path):
     (tmp_path / "config.yaml").write_text((open(os.path.join(ROOT, "config.yaml")).read()))
     result = snakemake(tmp_path, "-n", "--config", PAPER_RUN)
     counts = job_counts(result.stdout)
-    assert counts["train"] == 2430
-    assert counts["evaluate"] == 2430
-    assert counts.get("predict", 2430) == 2430  # a separate predict rule, if there is one
+    n_runs = 2430 + 5 * (5 + 25 + 25)  # the paper's runs + 5 baselines per split and seed
+    assert counts["train"] == n_runs
+    assert counts["evaluate"] == n_runs
+    assert counts.get("predict", n_runs) == n_runs  # a separate predict rule, if there is one
     assert counts["download"] >= 2 and counts["prepare_dataset"] == 2
     assert counts["make_split"] == 51  # random + 25 OOD + 25 data efficiency
     assert counts["aggregate_metrics"] == 3

@@ -328,6 +328,8 @@ def test_item10_unreadable_resume_starts_afresh(tiny, tmp_path, caplog, keep_byt
 
 
 def test_item10_atomic_save_fsyncs_before_the_rename(tmp_path, monkeypatch):
+    from samsbench import io as sbio
+
     synced = []
     real_fsync = os.fsync
 
@@ -337,8 +339,8 @@ def test_item10_atomic_save_fsyncs_before_the_rename(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", spy)
     path = tmp_path / "resume.pt"
-    inference.atomic_save({"step": 3}, str(path))
-    assert synced[0].startswith(str(path) + ".tmp-")  # the data, before the rename
+    sbio.write_pt({"step": 3}, str(path))
+    assert os.path.basename(synced[0]).startswith(".resume.pt.")  # the data, before the rename
     assert synced[1] == str(tmp_path)  # then the folder entry
     assert torch.load(path, weights_only=True) == {"step": 3}
     assert os.listdir(tmp_path) == ["resume.pt"]

@@ -8,6 +8,9 @@ variance. We follow it, except that (a) fewer cells per perturbation are drawn (
 reference has none and uses perturbation "0" as the control). Models use the normal likelihood
 and standardised encoder input, as the reference uses for these data.
 
+The generator is ``samsbench.data.reference_sim`` (the workflow's ``reference_sim`` dataset
+has no controls; this script keeps the 500 controls its documented numbers were measured with).
+
 Usage: python bench/reference_simulation.py STEPS '{json model overrides}' [cells_per_pert]
 Prints precision / recall / F1 of q(mask) > 0.5 after Hungarian matching, the AUROC of q(mask)
 and the learned mask density; used for docs/mask_recovery.md.
@@ -20,62 +23,19 @@ import sys
 import tempfile
 import time
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
 from samsbench import inference
 from samsbench import models as registry
+from samsbench.data.reference_sim import simulate_reference
 from samsbench.data.tensors import PerturbationData
 from samsbench.enrichment.recovery import mask_stats
-
-CONTROL = "non-targeting"
-
-
-def simulate_reference(n_train: int = 200, n_val: int = 50, n_test: int = 50, K: int = 15,
-                       T: int = 100, G: int = 100, mask_prior: float = 2 / 15,
-                       n_control: int = 500, noise_fraction: float = 0.2, seed: int = 0):
-    """AnnData (float X) with a random train/val/test split array, and the true mask/effects."""
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.bernoulli(torch.full((T, K), mask_prior), generator=gen)
-    magnitude = 5.0 + 0.5 * torch.randn(T, K, generator=gen)
-    sign = 2 * torch.bernoulli(torch.full((T, K), 0.5), generator=gen) - 1
-    effects = mask * sign * magnitude
-    widths = [K, 50, 50, 50, 50, G]
-    weights = [torch.nn.init.orthogonal_(torch.empty(o, i), generator=gen)
-               for i, o in zip(widths[:-1], widths[1:])]
-    per_pert = n_train + n_val + n_test
-    labels = np.array([CONTROL] * n_control + [f"P{t:03d}" for t in range(T)] * per_pert)
-    shift = torch.cat([torch.zeros(n_control, K), effects.repeat(per_pert, 1)])
-    z = torch.randn(len(labels), K, generator=gen) + shift
-    h = z
-    for i, w in enumerate(weights):
-        h = h @ w.T
-        if i < len(weights) - 1:
-            h = torch.nn.functional.leaky_relu(h, 0.2)
-    std = h.std(0)
-    mean = h / torch.where(std > 0, std, torch.ones_like(std))
-    var = noise_fraction / (1 - noise_fraction) * mean.var(0)
-    x = mean + torch.sqrt(torch.where(var > 0, var, torch.ones_like(var))) * torch.randn(
-        mean.shape, generator=gen)
-    # split: controls randomly; perturbed cells by the reference's row blocks per perturbation
-    split = np.empty(len(labels), dtype=object)
-    rng = np.random.default_rng(seed)
-    split[:n_control] = rng.choice(["train", "val", "test"], n_control, p=[0.7, 0.15, 0.15])
-    block = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
-    split[n_control:] = np.repeat(block, T)  # row i of the perturbed cells is replicate i // T
-    adata = ad.AnnData(x.numpy().astype(np.float32),
-                       obs=pd.DataFrame({"perturbation": labels},
-                                        index=[f"c{i}" for i in range(len(labels))]),
-                       var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
-    adata.uns["control_label"] = CONTROL
-    return adata, split, mask.numpy(), effects.numpy()
 
 
 def run(steps: int, overrides: dict, n_train: int = 200, seed: int = 0) -> dict:
     torch.set_num_threads(1)
-    adata, split, true_mask, effects = simulate_reference(n_train=n_train)
+    adata, split, true_mask, effects = simulate_reference(n_train=n_train, n_control=500)
     data = PerturbationData(adata, split)
     hp = {"n_latent": 15, "n_layers": 1, "encoder_n_hidden": 128, "decoder_n_hidden": 128,
           "embedding_encoder_n_layers": 2, "embedding_encoder_n_hidden": 64,

@@ -4,12 +4,22 @@ import sys
 
 import samsbench.config as sbconfig
 import samsbench.io as sbio
+import samsbench.stages.data as sbdata
 import samsbench.stages.enrich as sbenrich
 
 sbconfig.validate(config)
 RESULTS = config["results"]
 # One run's directory, as a wildcard pattern.
 RUN = sbio.run_dir(RESULTS, "{experiment}", "{model}", "{split}", "{seed}")
+
+# Packing (config cluster.runs_per_gpu > 1): every run's train and evaluate jobs join the job
+# group "runs"; the Slurm profiles pass --group-components runs=N (N read from ./config.yaml)
+# so that N runs share one cluster job. Locally Snakemake ignores groups.
+RUNS_PER_JOB = int(config["cluster"]["runs_per_gpu"])
+
+
+def pack_group(wildcards):
+    return "runs" if RUNS_PER_JOB > 1 else None
 
 
 wildcard_constraints:
@@ -65,8 +75,26 @@ def all_targets():
             targets.extend(paper_targets(experiment))
         else:
             targets.extend(figure_files(experiment))
-        targets.extend(enrichment_targets(experiment))
+            targets.append(f"{RESULTS}/{experiment}/scores_table.tsv")
+        targets.extend(planted_targets(experiment))
+        # gene-set enrichment needs real gene symbols (reference_sim names genes g0, g1, ...)
+        if dataset_reader(experiment).gene_symbols:
+            targets.extend(enrichment_targets(experiment))
     return targets
+
+
+def dataset_reader(experiment):
+    """The READERS entry (samsbench.stages.data) of an experiment's dataset."""
+    return sbdata.reader(
+        config["datasets"][config["experiments"][experiment]["dataset"]]
+    )
+
+
+def planted_targets(experiment):
+    """The mask-recovery table, for a dataset with a planted mask (planted.smk)."""
+    if not dataset_reader(experiment).planted_mask:
+        return []
+    return [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
 
 
 FIGURES = ["ate_metrics", "iwelbo", "training_curves"]
@@ -77,9 +105,7 @@ def figure_files(experiment):
 
 
 def dataset_inputs(dataset):
-    from samsbench.stages.data import required_inputs
-
-    return required_inputs(config["datasets"][dataset])
+    return sbdata.required_inputs(config["datasets"][dataset])
 
 
 def enrichment_settings(experiment):

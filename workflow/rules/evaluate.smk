@@ -16,6 +16,8 @@ rule evaluate:
         sbio.benchmark_file(
             RESULTS, "{experiment}", "evaluate", "{model}", "{split}", "{seed}"
         )
+    group:
+        pack_group
     conda:
         "../../envs/samsbench.yaml"
     threads: 1

@@ -17,6 +17,8 @@ rule train:
         sbio.benchmark_file(
             RESULTS, "{experiment}", "train", "{model}", "{split}", "{seed}"
         )
+    group:
+        pack_group
     conda:
         "../../envs/samsbench.yaml"
     threads: 1

@@ -210,6 +210,39 @@ def _enrich(args):
     return 0
 
 
+def _mask_recovery(args):
+    from samsbench import io as sbio
+    from samsbench.stages import enrich, evaluate
+
+    runs = [enrich.read_identity(run) for run in args.run]
+    latents = [sbio.run_file(run, "latents") for run in args.run]
+    table = evaluate.mask_recovery(args.data, latents, runs, args.out, threshold=args.threshold)
+    if args.out is None:
+        table.to_csv(sys.stdout, sep="\t", index=False)
+    return 0
+
+
+def _export(args):
+    from samsbench import io as sbio
+    from samsbench.stages import export
+
+    paths = export.export_cell_eval(
+        sbio.run_file(args.run, "model"), args.data, args.splits, args.out, n_cells=args.cells,
+        mode=args.mode, predictions_path=sbio.run_file(args.run, "predictions"),
+        seed=args.seed, device=args.device, family=args.family or None)
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _plan(args):
+    from samsbench.stages import plan
+
+    return plan.print_plans(args.config, args.run, gpus=args.gpus, pack=args.pack,
+                            pack_gain=args.pack_gain, device=args.device,
+                            speed_table=args.speed_table)
+
+
 def _config_options(p, experiment=True, optional=False):
     if optional:
         p.add_argument("--config", default=None,
@@ -361,6 +394,56 @@ def build_parser() -> argparse.ArgumentParser:
                    "KEGG_2021_Human (default: enrichment.recovery_library)")
     p.add_argument("--out", help="output directory (default: the run directory)")
     p.set_defaults(func=_enrich)
+
+    p = sub.add_parser(
+        "mask-recovery", help="recovery of a simulated dataset's planted mask by trained runs",
+        description="Precision, recall, F1 and AUROC of each run's q(mask) against the true "
+        'mask in the dataset\'s uns["simulation"], under both matching conventions (the '
+        "workflow's mask_recovery step; docs/mask_recovery.md). Runs without a mask are "
+        "skipped.")
+    p.add_argument("--data", required=True, help="prepared dataset h5ad with a planted mask")
+    p.add_argument("--run", action="append", required=True,
+                   help="run directory (holds summary.json and the latents); repeat for several")
+    p.add_argument("--threshold", type=fraction, default=0.5,
+                   help="q(mask) above which an entry is active (default 0.5)")
+    p.add_argument("--out", default=None, help="TSV to write (default: stdout)")
+    p.set_defaults(func=_mask_recovery)
+
+    p = sub.add_parser(
+        "export", help="export a run's test perturbations as cells for another scorer (cell-eval)",
+        description="Write predicted.h5ad and real.h5ad (cells of the test perturbations and "
+        "the real control cells, ln(1 + CP10k)) for cell-eval: the workflow's export_cell_eval "
+        "step.")
+    p.add_argument("--format", choices=["cell-eval"], default="cell-eval", help="target scorer")
+    p.add_argument("--run", required=True, help="run directory (model.pt, predictions.h5ad)")
+    p.add_argument("--data", required=True, help="prepared dataset .h5ad")
+    p.add_argument("--splits", required=True, help="split TSV (cell_id, split)")
+    p.add_argument("--out", required=True, help="directory for predicted.h5ad and real.h5ad")
+    p.add_argument("--cells", type=positive_int, default=100,
+                   help="predicted cells per test perturbation (default 100)")
+    # the choices are samsbench.stages.export.MODES (not imported here: --help stays fast)
+    p.add_argument("--mode", choices=["auto", "mean", "sample"], default="auto",
+                   help="sample cells from the model, or copies of its predicted mean; auto: "
+                   "sample for a model with a likelihood (default auto)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--family", default="", help="the config's family (needed for a plug-in)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("plan", help="runs, steps and estimated device-hours of experiments",
+                       description="Jobs x optimiser steps per experiment, and device-hours and "
+                       "wall time from the measured speed table (docs/reproducing_the_paper.md).")
+    _config_options(p, experiment=False)
+    p.add_argument("--run", nargs="+", help="experiments (default: the config's run list)")
+    p.add_argument("--gpus", type=positive_int, default=1, help="devices working at once")
+    p.add_argument("--pack", type=positive_int,
+                   help="runs per device (default: the config's cluster.runs_per_gpu)")
+    p.add_argument("--pack-gain", type=positive_float, default=1.0,
+                   help="throughput of --pack runs on one device over one run's (measured by "
+                   "bench/gpu_check.py; default 1 = no gain assumed)")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="device to plan for (default: both)")
+    p.add_argument("--speed-table", help="speed table TSV (default: the packaged one)")
+    p.set_defaults(func=_plan)
     return parser
 
 

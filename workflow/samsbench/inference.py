@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from samsbench import io as sbio
 from samsbench import models as registry
 from samsbench.models.base import LatentModel
+from samsbench.nn import host_reads_free, log2_cp10k
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,14 @@ class LossOutput:
     kl_local: torch.Tensor
     kl_global: torch.Tensor
 
+    def stacked(self) -> torch.Tensor:
+        """[loss, reconstruction, kl_local, kl_global] as one detached tensor (no host read)."""
+        return torch.stack([self.loss.detach(), self.reconstruction, self.kl_local,
+                            self.kl_global])
+
     def values(self) -> list[float]:
         """[loss, reconstruction, kl_local, kl_global] as floats, in one device transfer."""
-        return torch.stack([self.loss.detach(), self.reconstruction, self.kl_local,
-                            self.kl_global]).tolist()
+        return self.stacked().tolist()
 
 
 def particle_elbo(model: LatentModel, x, dose, inv_counts, n_particles: int, globals_=None,
@@ -148,7 +154,7 @@ def elbo_terms(model: LatentModel, x, dose, inv_counts, n_particles: int, global
                with_globals: bool = True) -> ElboTerms:
     """The ELBO's parts; ``globals_`` = a shared draw of ``sample_globals`` (else drawn here,
     only for the minibatch's perturbations when the family can)."""
-    if globals_ is None and model.samples_column_subsets:
+    if globals_ is None and model.samples_column_subsets and host_reads_free(x):
         # Only the perturbations of this minibatch's cells: the others add nothing to its ELBO.
         columns = dose.present_columns()
         g, global_ratio = model.sample_globals(n_particles, columns)
@@ -215,10 +221,12 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
 @torch.no_grad()
 @unchecked_distributions()
 def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 128,
-                    library_size: float = 1e4, seed: int = 0) -> np.ndarray:
+                    library_size: float = 1e4, seed: int = 0,
+                    log_normalize: bool = True) -> np.ndarray:
     """Mean log2(CP10k+1) of sampled counts per perturbation (models.md §5.3): fresh prior
     local latents per condition, globals shared within a chunk of particles, fixed seed. A
-    model without a likelihood predicts its means directly."""
+    model without a likelihood predicts its means directly. ``log_normalize=False`` averages
+    the samples themselves (continuous data)."""
     if not model.has_likelihood:
         return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
     torch.manual_seed(seed)
@@ -235,36 +243,38 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
             h = model.decoder_input(u, ctx)
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
             x = model.decoder.sample(h, lib)
-            total = x.sum(-1, keepdim=True)
-            y = torch.where(total > 0, torch.log2(1e4 * x / total.clamp_min(1e-12) + 1),
-                            torch.zeros_like(x))
+            if log_normalize:
+                y = log2_cp10k(x)
+            else:
+                y = x
             sums[r0 : r0 + rows_per_block] += y.sum(0).double()
     return (sums / n_particles).cpu().numpy()
 
 
+@torch.no_grad()
+@unchecked_distributions()
+def sample_cells(model, data, labels, n_cells: int, libraries: np.ndarray,
+                 seed: int = 0) -> np.ndarray:
+    """Counts of ``n_cells`` cells per label from the generative process, (labels*n, G), label
+    by label: each cell has its own draw of the global and the local latents, and a library
+    size drawn from ``libraries`` (the real control cells' totals, for the cell-eval export)."""
+    gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    out = np.empty((len(labels) * n_cells, data.X.shape[1]), dtype=np.float32)
+    dose = data.dosage_for_labels(list(labels))
+    for row in range(len(labels)):
+        g, _ = model.sample_globals(n_cells)  # one particle per cell
+        ctx = model.cell_context(data.dosage(dose.codes[row : row + 1]), g)  # (n_cells, 1, K)
+        u = draw(model.local_prior(ctx), n_cells)
+        h = model.decoder_input(u, ctx)
+        lib = torch.as_tensor(gen.choice(libraries, size=h.shape[:-1]), dtype=h.dtype,
+                              device=h.device)
+        x = model.decoder.sample(h, lib)
+        out[row * n_cells : (row + 1) * n_cells] = x.reshape(n_cells, -1).cpu().numpy()
+    return out
+
+
 # -- checkpoints ---------------------------------------------------------------------------
-
-def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file, fsync it, rename it over ``path`` and fsync the folder, so
-    that a crash or power loss leaves the old file or the new one, never a cut one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
 
 def load_resume(path: str, device="cpu") -> dict | None:
     """The state saved at ``path``; None when there is none, and None with a warning when the
@@ -375,7 +385,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     if not model.trains_by_gradient:
         start = time.perf_counter()
         model.fit(data)
-        atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
+        sbio.write_pt(model_record(model, family, data), sbio.run_file(run_dir, "model"))
         _write_history([], run_dir)
         summary = {"steps": 0, "timing": {"wall_seconds": time.perf_counter() - start}}
         return _finish({**(identity or {}), **summary}, family, run_dir)
@@ -426,7 +436,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                    "optim": optim.state_dict(), "rng": torch.get_rng_state(),
                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                    "gen": gen.get_state()}
-        atomic_save(payload, resume_path)
+        sbio.write_pt(payload, resume_path)
 
     stop = {"signal": None}
 
@@ -438,6 +448,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                mininterval=1.0, dynamic_ncols=True)
     clock = time.perf_counter()
     elapsed0 = state["elapsed"]
+    train_sums = torch.tensor(state["train_sums"], dtype=torch.float64, device=data.device)
     try:
         model.train()
         while state["step"] < max_steps:
@@ -449,13 +460,9 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
             out = minibatch_loss(model, x, dose, inv_train, int(cfg["n_particles"]))
             optim.zero_grad(set_to_none=True)
             out.loss.backward()
-            values = out.values()
-            value = values[0]
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"non-finite training loss ({value}) at step {state['step'] + 1} of "
-                    f"{run_dir}; lower the learning rate or check the input counts"
-                )
+            # The loss and its parts summed on the device in float64 (the same additions as a
+            # Python float sum) and read at validation: a per-step read would wait for the GPU.
+            train_sums += out.stacked().double()
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optim.step()
@@ -468,11 +475,15 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                 state["best_val"], state["best_state"] = math.inf, None
                 log.info("%s: the model re-parameterised itself at step %d", run_dir,
                          state["step"])
-            state["train_sums"] = [a + b for a, b in zip(state["train_sums"], values)]
             state["train_n"] += 1
             bar.update(1)
             step = state["step"]
             if step % val_every == 0 or step == max_steps:
+                state["train_sums"] = train_sums.tolist()
+                if not math.isfinite(state["train_sums"][0]):
+                    raise FloatingPointError(
+                        f"non-finite training loss in steps {step - state['train_n'] + 1}-{step} "
+                        f"of {run_dir}; lower the learning rate or check the input counts")
                 model.eval()
                 val_parts = split_loss(model, data, "val", int(cfg["n_particles"]), batch_size)
                 val = val_parts["loss"]
@@ -486,11 +497,13 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                     **{f"val_{k}": val_parts[k] for k in LOSS_PARTS},
                     "wall_seconds": elapsed0 + time.perf_counter() - clock})
                 state["train_sums"], state["train_n"] = [0.0] * (1 + len(LOSS_PARTS)), 0
+                train_sums.zero_()
                 if val < state["best_val"]:
                     state["best_val"], state["best_step"] = val, step
                     state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bar.set_postfix(loss=f"{value:.1f}", val=f"{val:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{train_mean[0]:.1f}", val=f"{val:.1f}", refresh=False)
             if step % ckpt_every == 0 or step == max_steps or stop["signal"]:
+                state["train_sums"] = train_sums.tolist()
                 state["elapsed"] = elapsed0 + time.perf_counter() - clock
                 save_resume()
             if stop["signal"]:
@@ -502,7 +515,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     wall = elapsed0 + time.perf_counter() - clock
     model.load_state_dict(state["best_state"])
     model.eval()
-    atomic_save(model_record(model, family, data), os.path.join(run_dir, "model.pt"))
+    sbio.write_pt(model_record(model, family, data), sbio.run_file(run_dir, "model"))
     _write_history(state["history"], run_dir)
     val_iw = iwelbo(model, data, "val", int(cfg["iwelbo_particles"]), seed=seed)
     summary = {
@@ -518,16 +531,10 @@ def _write_history(history, run_dir: str) -> None:
 
     columns = ["step", "train_loss", "val_loss", *(f"{s}_{k}" for s in ("train", "val")
                                                     for k in LOSS_PARTS), "wall_seconds"]
-    frame = pd.DataFrame(history, columns=columns)
-    path = os.path.join(run_dir, "history.tsv")
-    frame.to_csv(path + ".tmp", sep="\t", index=False)
-    os.replace(path + ".tmp", path)
+    sbio.write_tsv(pd.DataFrame(history, columns=columns), sbio.run_file(run_dir, "history"))
 
 
 def _finish(summary: dict, family: str, run_dir: str) -> dict:
     summary = {"family": family, **summary}
-    path = os.path.join(run_dir, "summary.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    sbio.write_json(summary, sbio.run_file(run_dir, "summary"))
     return summary

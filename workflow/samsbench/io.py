@@ -23,6 +23,8 @@ FLOAT_FORMAT = "%.10g"
 # ------------------------------------------------------------------------------ layout
 
 RUN_DIR = "{results}/{experiment}/runs/{model}/{split}/seed{seed}"
+# cell-eval's predicted.h5ad and real.h5ad of a run (rule export_cell_eval, on demand)
+CELL_EVAL_DIR = "{results}/{experiment}/cell_eval/{model}/{split}/seed{seed}"
 BENCHMARK_FILE = "{results}/{experiment}/benchmarks/{step}/{model}/{split}/seed{seed}.tsv"
 # Files of a run directory, by role.
 RUN_FILES = {
@@ -42,6 +44,12 @@ def run_dir(results: str, experiment: str, model: str, split: str, seed) -> str:
     """The directory of one run (``seed`` may be a wildcard pattern such as ``{seed}``)."""
     return RUN_DIR.format(results=results, experiment=experiment, model=model, split=split,
                           seed=seed)
+
+
+def cell_eval_dir(results: str, experiment: str, model: str, split: str, seed) -> str:
+    """Where a run's cell-eval export goes (``seed`` may be a wildcard pattern)."""
+    return CELL_EVAL_DIR.format(results=results, experiment=experiment, model=model,
+                                split=split, seed=seed)
 
 
 def run_file(directory: str | os.PathLike, role: str) -> str:
@@ -75,10 +83,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power loss after it keeps the new file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:

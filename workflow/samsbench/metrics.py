@@ -6,6 +6,11 @@ dataset. Metrics compare a predicted ATE matrix (perturbations x genes) with the
 perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
 no file is read or written (the evaluate stage does that). A new metric is one entry in
 ``METRICS``.
+
+Beyond the reference (issue 13): Systema-style metrics (``centroid_accuracy``, and
+``pearson_delta_perturbed`` against the mean of all perturbed cells, ``REFERENCE_METRICS``),
+GEARS' ``combo_seen{k}`` subsets, and scores normalised between the best simple baseline and
+the replicate ceiling (``normalised_scores``, ``score_table``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
 from samsbench.data import contract
+from samsbench.labels import components
 
 TARGET_SUM = 1e4
 TOP_K = 20
@@ -52,6 +58,14 @@ def log_cp10k(X):
     X *= scale[:, None]
     _log2_1p_inplace(X)
     return X
+
+
+def ln_cp10k(X) -> np.ndarray:
+    """Dense ln(1 + 1e4 x / total) per row, scanpy's normalize_total(1e4) + log1p (what
+    cell-eval expects); a zero-total row stays zero. ``log_cp10k`` is this over ln 2."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    X = np.asarray(X, dtype=np.float64)
+    return np.log1p(X * _safe_scale(X.sum(axis=1))[:, None])
 
 
 def _log2_1p_inplace(values: np.ndarray) -> None:
@@ -182,6 +196,26 @@ def discrimination_rank(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(closer / (n - 1)))
 
 
+def centroid_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Share of perturbations whose prediction is strictly closer (Euclidean) to their own
+    observed effect than to every other perturbation's; NaN with fewer than two."""
+    if pred.shape[0] < 2:
+        return math.nan
+    dist = cdist(pred, true, metric="euclidean")
+    own = np.diag(dist).copy()
+    np.fill_diagonal(dist, np.inf)
+    return float(np.mean(own < dist.min(axis=1)))
+
+
+def perturbed_reference(true_ate: pd.DataFrame, cells_per_label: pd.Series) -> np.ndarray:
+    """Mean of all perturbed cells minus the control mean: the cell-weighted mean of the data
+    ATE rows (Systema measures effects against this instead of the control)."""
+    weights = cells_per_label.reindex(true_ate.index).fillna(0).to_numpy(dtype=np.float64)
+    if weights.sum() <= 0:
+        raise ValueError("no perturbed cells for the perturbed-mean reference")
+    return weights @ true_ate.to_numpy(dtype=np.float64) / weights.sum()
+
+
 def _top(fn):
     """A metric on the top-|data ATE| genes of each perturbation (``top``: their indices)."""
     def metric(pred, true, top):
@@ -206,15 +240,32 @@ METRICS = {
     "effect_rmse": lambda p, t, _: float(np.sqrt(np.mean((p - t) ** 2))),
     "direction_agreement_top20": _top(lambda p, t, _: float(np.mean(np.sign(p) == np.sign(t)))),
     "discrimination_rank": lambda p, t, _: discrimination_rank(p, t),
+    "centroid_accuracy": lambda p, t, _: centroid_accuracy(p, t),
 }
 
+# Metrics of effects measured against a reference effect r (one value per gene; Systema: the
+# mean of all perturbed cells, ``perturbed_reference``) instead of the control:
+# name -> f(pred, true, r). ``pearson_delta_perturbed`` scores ~0 for a prediction of the
+# average perturbation, which scores high on pearson_delta. Computed when ``ate_metrics`` is
+# given a reference.
+REFERENCE_METRICS = {
+    "pearson_delta_perturbed": lambda p, t, r: _nanmean(_row_pearson(p - r, t - r)),
+}
+# Metrics where lower is better (the normalised score turns them round).
+LOWER_IS_BETTER = frozenset({"effect_rmse", "discrimination_rank"})
 
-def _subset_metrics(pred: np.ndarray, true: np.ndarray, top: np.ndarray) -> dict[str, float]:
-    return {name: fn(pred, true, top) for name, fn in METRICS.items()}
+
+def _subset_metrics(pred: np.ndarray, true: np.ndarray, top: np.ndarray,
+                    reference: np.ndarray | None) -> dict[str, float]:
+    values = {name: fn(pred, true, top) for name, fn in METRICS.items()}
+    if reference is not None:
+        values.update({name: fn(pred, true, reference) for name, fn in REFERENCE_METRICS.items()})
+    return values
 
 
 def ate_metrics(
-    pred_ate: pd.DataFrame, true_ate: pd.DataFrame, subsets: dict[str, list[str]]
+    pred_ate: pd.DataFrame, true_ate: pd.DataFrame, subsets: dict[str, list[str]],
+    reference: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Metrics (columns metric, subset, value) of a predicted vs the data ATE per subset.
 
@@ -222,6 +273,7 @@ def ate_metrics(
     the top-20 genes of a perturbation are chosen on |data ATE| over the aligned genes.
     Subsets with no aligned perturbation, and metrics that cannot be computed (NaN), are
     left out. Rows come subset by subset (all/train/val/test first), metrics in fixed order.
+    ``reference`` (one value per column of ``true_ate``) adds ``REFERENCE_METRICS``.
     """
     # Labels and genes are strings throughout; compare them as such.
     pred_ate = _with_str_axes(pred_ate)
@@ -233,6 +285,10 @@ def ate_metrics(
     true = true_ate.loc[labels, genes].to_numpy(dtype=np.float64)
     pred = pred_ate.loc[labels, genes].to_numpy(dtype=np.float64)
     top = top_gene_indices(true)
+    ref = None
+    if reference is not None:
+        ref = pd.Series(np.asarray(reference, dtype=np.float64), index=true_ate.columns)
+        ref = ref.loc[genes].to_numpy()
     position = pd.Series(np.arange(len(labels)), index=labels)
 
     ordered = [s for s in SUBSET_ORDER if s in subsets]
@@ -244,10 +300,10 @@ def ate_metrics(
         if idx.size == 0:
             continue
         idx.sort()  # the data's order, whatever order the subset was listed in
-        values = _subset_metrics(pred[idx], true[idx], top[idx])
-        for metric in METRICS:
-            if np.isfinite(values[metric]):
-                records.append((metric, name, values[metric]))
+        values = _subset_metrics(pred[idx], true[idx], top[idx], ref)
+        for metric, value in values.items():
+            if np.isfinite(value):
+                records.append((metric, name, value))
     return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
 
 
@@ -269,3 +325,92 @@ def subsets_from_split(labels_per_cell, split_per_cell, control: str) -> dict[st
     for split in ("train", "val", "test"):
         subsets[split] = sorted(frame.loc[frame["split"] == split, "label"].unique())
     return subsets
+
+
+def combo_seen_subsets(labels_per_cell, split_per_cell, control: str) -> dict[str, list[str]]:
+    """GEARS' tags for the test combinations: ``combo_seen{k}`` lists the combinations with
+    test cells of which k components were seen in training as a single perturbation (have
+    training cells under their own label). Empty tags are left out."""
+    labels = np.asarray(labels_per_cell, dtype=str)
+    split = np.asarray(split_per_cell, dtype=str)
+    seen = set(labels[(split == "train") & (labels != control)])
+    out: dict[str, list[str]] = {}
+    for label in sorted(set(labels[(split == "test") & (labels != control)])):
+        parts = components(label)
+        if len(parts) < 2:
+            continue
+        out.setdefault(f"combo_seen{sum(p in seen for p in parts)}", []).append(label)
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# Scores normalised between the best simple baseline and the replicate ceiling (issue 13)
+# --------------------------------------------------------------------------------------------
+
+BASELINE_FAMILIES = ("control_mean", "additive_mean", "train_mean", "linear")
+CEILING_FAMILY = "replicate"
+
+
+def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``normalised`` = (u - b) / (r - b) and ``normalised_note`` to a tidy metrics table.
+
+    Per experiment x split x metric x subset: b is the best simple baseline (families in
+    BASELINE_FAMILIES; best = highest, or lowest for LOWER_IS_BETTER metrics; each model's
+    value averaged over seeds), r the replicate ceiling (family ``replicate``, averaged over
+    seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
+    with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
+    ceiling is not better than the baseline.
+    """
+    out = table.copy()
+    if out.empty or "family" not in out:
+        out["normalised"], out["normalised_note"] = np.nan, ""
+        return out
+    keys = [k for k in ("experiment", "split", "metric", "subset") if k in out]
+    family = out["family"].fillna("").astype(str)
+    by_model = out.assign(family=family).groupby(keys + ["family", "model"], dropna=False)[
+        "value"].mean().reset_index()
+    base = by_model[by_model["family"].isin(BASELINE_FAMILIES)].copy()
+    base["oriented"] = np.where(base["metric"].isin(LOWER_IS_BETTER), -1, 1) * base["value"]
+    best = base.sort_values("oriented", kind="stable").groupby(keys, dropna=False).tail(1)
+    best = best[keys + ["value"]].rename(columns={"value": "_b"})
+    ceiling = by_model[by_model["family"] == CEILING_FAMILY].groupby(keys, dropna=False)[
+        "value"].mean().rename("_r").reset_index()
+    merged = out.merge(best, on=keys, how="left").merge(ceiling, on=keys, how="left")
+    sign = np.where(merged["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    gap = sign * (merged["_r"] - merged["_b"])
+    note = np.select(
+        [merged["_b"].isna(), merged["_r"].isna(), ~(gap > 0)],
+        ["no simple baseline for this metric and subset",
+         "no replicate ceiling for this metric and subset",
+         "the replicate ceiling is not better than the best simple baseline"],
+        default="",
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (merged["value"] - merged["_b"]) / (merged["_r"] - merged["_b"])
+    out["normalised"] = np.where(note == "", value, np.nan)
+    out["normalised_note"] = note
+    return out
+
+
+SCORE_TABLE_METRICS = ("pearson_delta", "pearson_delta_perturbed", "ate_pearson", "ate_r2",
+                       "effect_rmse", "centroid_accuracy", "discrimination_rank")
+
+
+def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
+    """One row per model of a normalised metrics table (mean over seeds and splits), raw and
+    normalised value side by side per metric, on one subset; the ceiling's row included."""
+    part = metrics[metrics["subset"] == subset]
+    part = part[part["metric"].isin(SCORE_TABLE_METRICS)]
+    if part.empty:
+        return pd.DataFrame(columns=["model", "family"])
+    grouped = part.groupby(["model", "family", "metric"], dropna=False)[
+        ["value", "normalised"]].mean().reset_index()
+    wide = grouped.pivot(index=["model", "family"], columns="metric",
+                         values=["value", "normalised"])
+    columns = {}
+    for metric in [m for m in SCORE_TABLE_METRICS if m in set(grouped["metric"])]:
+        columns[metric] = wide[("value", metric)]
+        columns[f"{metric}_normalised"] = wide[("normalised", metric)]
+    table = pd.DataFrame(columns).reset_index()
+    first = SCORE_TABLE_METRICS[0] if SCORE_TABLE_METRICS[0] in table else table.columns[2]
+    return table.sort_values(first, ascending=False, kind="stable").reset_index(drop=True)

@@ -19,8 +19,10 @@ import pandas as pd
 
 # Families in the order of the reference's bar plots and tables.
 FAMILY_ORDER = ["sams_vae", "sams_vae_mean_field", "cpa_vae", "conditional_vae", "svae_plus",
-                "additive_mean", "control_mean"]
+                "additive_mean", "control_mean", "train_mean", "linear", "replicate"]
 # The bar plots leave the mean-field guide out (it is in the tables and line plots).
+# Models without a likelihood (no IWELBO): kept in the tables although they have none.
+MEAN_FAMILIES = ["additive_mean", "control_mean", "train_mean", "linear", "replicate"]
 BAR_FAMILIES = ["sams_vae", "cpa_vae", "conditional_vae", "svae_plus"]
 BASELINE = {"family": "sams_vae", "encoding": "additive", "mean_field_encoder": False,
             "fraction": 0.0}
@@ -157,8 +159,7 @@ def norman_main_table(table: pd.DataFrame, chosen_layers: dict) -> pd.DataFrame:
     keep &= np.array([w is not None and n == w for w, n in zip(wanted, table["n_layers"])])
     part = table[keep]
     if "val_iwelbo" in part:  # the reference drops runs without a validation IWELBO
-        part = part[part["val_iwelbo"].notna() | (part["family"].isin(["additive_mean",
-                                                                       "control_mean"]))]
+        part = part[part["val_iwelbo"].notna() | (part["family"].isin(MEAN_FAMILIES))]
     out = mean_sd(part, ["encoding", "family", "fraction", "n_layers"], NORMAN_METRICS)
     out = sort_families(out, "fraction")
     out["_enc"] = (out["encoding"] != "additive").astype(int)

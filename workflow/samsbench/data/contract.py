@@ -2,12 +2,15 @@
 
 A prepared file has raw integer counts in X, a string ``obs["perturbation"]``, unique gene
 symbols as var names and a control label in ``uns["control_label"]``; combinations join their
-components with ``+``. ``validate`` names the first violated rule.
+components with ``+``. ``validate`` names the first violated rule. A file may instead declare
+real-valued X (``uns["value_kind"] = "continuous"``) and no control cells
+(``uns["no_controls"] = True``); see the section on the continuous mode below.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import anndata as ad
 import numpy as np
@@ -19,6 +22,8 @@ from samsbench.labels import COMBINATION_SEP, components  # noqa: F401 (re-expor
 
 PERTURBATION_KEY = "perturbation"
 DEFAULT_CONTROL = "non-targeting"
+VALUE_KIND_KEY = "value_kind"
+NO_CONTROLS_KEY = "no_controls"
 
 
 class ContractError(ValueError):
@@ -189,21 +194,26 @@ def validate(adata: ad.AnnData) -> ad.AnnData:
     for label in unique:
         if label != control:
             _check_label(label, control)
-    if control not in set(unique):
+    if control not in set(unique) and not declares_no_controls(adata):
         raise ContractError(
             f'no control cells: no cell has obs["{PERTURBATION_KEY}"] == {control!r} '
-            '(set uns["control_label"] if the control has another name)'
+            '(set uns["control_label"] if the control has another name, or '
+            f'uns["{NO_CONTROLS_KEY}"] = True if the dataset has none)'
         )
-    if len(unique) == 1:
+    if set(unique) == {control}:
         raise ContractError(
             f"every cell is a control ({control!r}): there is no perturbation to learn"
         )
+    kind = value_kind(adata)
     if adata.X is None:
         layers = list(adata.layers.keys())
         hint = (f"; the file has layers {layers}: if one holds the raw counts, move it to X "
                 f"(adata.X = adata.layers[{layers[0]!r}])" if layers else "")
         raise ContractError(f"X is absent; the contract needs raw counts in X{hint}")
-    _check_counts(adata.X, adata.obs_names, adata.var_names)
+    if kind == "continuous":
+        _check_continuous(adata.X, adata.obs_names, adata.var_names)
+    else:
+        _check_counts(adata.X, adata.obs_names, adata.var_names)
     return adata
 
 
@@ -222,6 +232,76 @@ def normalise_labels(labels, control: str) -> tuple[np.ndarray, int]:
         mapping[label] = canonical(kept) if kept else control
     out = np.array([mapping[x] for x in labels], dtype=object)
     return out, int((out != labels).sum())
+
+
+# -- continuous mode and datasets without controls -----------------------------------------
+# ``uns["value_kind"] = "continuous"``: X holds real values (any sign, finite), not counts, as
+# the reference's Gaussian simulator draws them. Only normal-likelihood models may train on
+# such data (``require_model_fits``) and metrics defined on log-normalised counts are not
+# computed. ``uns["no_controls"] = True``: the dataset has no control cells; allowed, and the
+# metrics that need a control mean are skipped with a logged reason. Both are declared, never
+# guessed: an undeclared file gets the count checks above.
+VALUE_KINDS = ("counts", "continuous")
+CONTINUOUS_LIKELIHOODS = ("normal", "normal_fixed_variance")
+
+
+def value_kind(adata: ad.AnnData) -> str:
+    kind = str(adata.uns.get(VALUE_KIND_KEY, "counts"))
+    if kind not in VALUE_KINDS:
+        raise ContractError(f'uns["{VALUE_KIND_KEY}"] is {kind!r}; expected one of {VALUE_KINDS}')
+    return kind
+
+
+def declares_no_controls(adata: ad.AnnData) -> bool:
+    return bool(adata.uns.get(NO_CONTROLS_KEY, False))
+
+
+def has_controls(adata: ad.AnnData) -> bool:
+    labels = adata.obs[PERTURBATION_KEY].astype(str)
+    return bool((labels == control_label(adata)).any())
+
+
+def _check_continuous(X, cell_ids=None, gene_names=None) -> None:
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size == 0:
+        return
+    if not np.issubdtype(values.dtype, np.number):
+        raise ContractError(f"X must be numeric, found dtype {values.dtype}")
+    bad = ~np.isfinite(values.reshape(-1) if not sp.issparse(X) else values)
+    if bad.any():
+        row, col = _cell_of(X, _first_bad(bad), 0, X.shape[1])
+        cell = cell_ids[row] if cell_ids is not None else row
+        gene = gene_names[col] if gene_names is not None else col
+        raise ContractError(
+            f"X contains NaN or infinite values (at cell {cell!s} (row {row}), gene {gene!s}; "
+            f'uns["{VALUE_KIND_KEY}"] is "continuous": real values are allowed, but they '
+            "must be finite)"
+        )
+
+
+def require_model_fits(kind: str, family: str, hp) -> None:
+    """Continuous data admit only normal-likelihood models whose encoder does not take the log
+    of its input: a clear error otherwise (a baseline without a likelihood is refused too).
+    ``hp``: a family's typed hyperparameters or a plain mapping."""
+    if kind != "continuous":
+        return
+
+    def setting(key, default=None):
+        return hp.get(key, default) if isinstance(hp, Mapping) else getattr(hp, key, default)
+
+    likelihood = setting("likelihood")
+    if likelihood not in CONTINUOUS_LIKELIHOODS:
+        raise ContractError(
+            f'the dataset is continuous (uns["{VALUE_KIND_KEY}"] = "continuous") but model '
+            f"family {family!r} uses likelihood {likelihood!r}; only {CONTINUOUS_LIKELIHOODS} "
+            "can train on it (set `likelihood: normal`)"
+        )
+    if setting("encoder_input_normalization", "log_standardize") == "log_standardize":
+        raise ContractError(
+            f'the dataset is continuous (uns["{VALUE_KIND_KEY}"] = "continuous"): '
+            "encoder_input_normalization 'log_standardize' takes the log of negative values; "
+            "use 'standardize' or 'none'"
+        )
 
 
 def read(path: str | os.PathLike, check: bool = True) -> ad.AnnData:

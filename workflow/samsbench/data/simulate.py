@@ -72,6 +72,9 @@ def simulate(
     n_control: int = 600,
     effect_mode: str = "programs",
     effect_size: float = 2.0,
+    magnitude_sd: float = 0.5,
+    share_prob: float = 0.3,
+    shift_noise: float = 0.25,
     mask_prior_prob: float = 0.1,
     decoder_hidden: int = 64,
     library_mean: float = 4000.0,
@@ -85,7 +88,15 @@ def simulate(
     A program acts through one latent dimension by default. With two, every target's shift
     in that plane is (±a, ±a), which a 45° rotation makes sparser (one active dimension per
     target), so the model rightly prefers a basis that splits the program in two
-    (docs/mask_recovery.md)."""
+    (docs/mask_recovery.md).
+
+    So that complex recovery in effect space is not trivially perfect (issue 13), programs
+    are not clean blocks: each target's magnitude is scaled by exp(N(0, magnitude_sd)); with
+    probability ``share_prob`` a program target also acts (at half its magnitude, random sign)
+    on the dimension of another program; and every perturbation's latent shift gets dense
+    N(0, shift_noise) noise on all dimensions (in ``true_shift``, not in ``true_mask``). These
+    draws come from a second generator, so ``effect_mode: prior`` data and the rest of the
+    screen do not depend on them; setting all three to 0 gives the clean programs."""
     rng = np.random.default_rng(seed)
     library = read_gmt_simple(package_library_path(GENE_SET_LIBRARY))
     programs = _choose_programs(rng, library, n_programs, targets_per_program)
@@ -110,12 +121,26 @@ def simulate(
             mask[singles.index(gene), rng.choice(extra)] = 1
         signs = rng.choice([-1.0, 1.0], size=(T, K))
         embedding = signs * rng.normal(effect_size, 0.15 * effect_size, size=(T, K))
+        messy = np.random.default_rng([seed, 13])  # the issue-13 structure, see the docstring
+        embedding *= np.exp(messy.normal(0.0, magnitude_sd, size=(T, 1)))
+        names = list(programs)
+        for p, name in enumerate(names):
+            for gene in programs[name]:
+                if len(names) > 1 and messy.random() < share_prob:
+                    other = names[(p + 1 + messy.integers(len(names) - 1)) % len(names)]
+                    row = singles.index(gene)
+                    for d in program_dims[other]:
+                        mask[row, d] = 1
+                        own = np.abs(embedding[row, program_dims[name]]).mean()
+                        embedding[row, d] = messy.choice([-1.0, 1.0]) * 0.5 * own
     elif effect_mode == "prior":
         mask = (rng.random((T, K)) < mask_prior_prob).astype(float)
         embedding = rng.normal(0.0, effect_size, size=(T, K))
     else:
         raise ValueError(f"effect_mode must be 'programs' or 'prior', got {effect_mode!r}")
     shift = mask * embedding
+    if effect_mode == "programs" and shift_noise > 0:
+        shift = shift + messy.normal(0.0, shift_noise, size=shift.shape)
 
     # Doubles: pairs of singles, half within a program (shared mechanism) and half across.
     pairs = set()

@@ -16,8 +16,9 @@ import scipy.sparse as sp
 import torch
 
 from samsbench.data import memory
+from samsbench.nn import log2_cp10k
 from samsbench.data.contract import (MAX_COUNT, PERTURBATION_KEY, ContractError, components,
-                                     control_label)
+                                     control_label, value_kind)
 
 log = logging.getLogger(__name__)
 ENCODINGS = ("additive", "unique")
@@ -107,6 +108,7 @@ class PerturbationData:
         self.device = torch.device(device)
         self.encoding = encoding
         self.control = control_label(adata)
+        self.value_kind = value_kind(adata)  # "counts" or "continuous" (contract.py)
         self.labels = adata.obs[PERTURBATION_KEY].astype(str).to_numpy()
         self.genes = adata.var_names.astype(str).tolist()
         self.cell_ids = adata.obs_names.astype(str).to_numpy()
@@ -194,7 +196,7 @@ class PerturbationData:
         for start in range(0, len(idx), chunk_rows):
             rows = idx[start : start + chunk_rows]
             x = self.X[torch.from_numpy(rows).to(self.device)]
-            y = torch.log2(1e4 * x / x.sum(1, keepdim=True).clamp_min(1e-12) + 1).double().cpu().numpy()
+            y = log2_cp10k(x).double().cpu().numpy()
             for label in np.unique(self.labels[rows]):
                 sel = self.labels[rows] == label
                 sums[label] = sums.get(label, 0) + y[sel].sum(0)

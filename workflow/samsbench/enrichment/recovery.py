@@ -2,16 +2,19 @@
 masks on simulated data.
 
 * complex recovery: are perturbations whose targets share a gene set more similar (mask
-  Jaccard, embedding cosine, effect correlation) than other pairs? One AUROC and average
+  Jaccard, |embedding cosine|, |effect correlation|) than other pairs? One AUROC and average
   precision per run and similarity, so that every model, baselines included, compares on one
   number;
 * planted programs: does the dimension carrying a simulated program have it as top term;
 * mask recovery: latent dimensions are identifiable only up to permutation, so learned
-  dimensions are matched one-to-one to true ones by the Hungarian algorithm on the
-  co-occurrence of active entries.
+  dimensions are matched one-to-one to true ones by the Hungarian algorithm, on the
+  co-occurrence of the true mask with the thresholded q(mask) (``matching="mask"``, the
+  reference's convention) or with q(mask) itself (``"probability"``, ours).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -31,22 +34,42 @@ PROGRAM_COLUMNS = ["library", "program", "latent_dim", "jaccard", "top_term", "t
                    "program_fdr", "recovered"]
 
 
-def mask_stats(true_mask: np.ndarray, mask_prob: np.ndarray, threshold: float = 0.5) -> dict:
+MATCHINGS = ("mask", "probability")
+# Columns of the planted-mask table (one row per run and matching), after the run's identity.
+MASK_RECOVERY_COLUMNS = ["matching", "threshold", "n_perturbations", "true_density", "density",
+                         "precision", "recall", "f1", "auroc"]
+
+
+def mask_stats(true_mask: np.ndarray, mask_prob: np.ndarray, threshold: float = 0.5,
+               matching: str = "probability") -> dict:
     """Hungarian-matched precision, recall and F1 of ``mask_prob > threshold`` against the true
-    (T x K_true) mask, and the AUROC of the matched probabilities against the true entries."""
+    (T x K_true) mask, and the AUROC of the matched probabilities against the true entries.
+
+    ``matching`` chooses what the learned columns are matched on: ``"mask"`` is the reference's
+    convention (models.md §8.3: co-occurrence of the true and the thresholded masks), and
+    ``"probability"`` ours (co-occurrence of the true mask with q(mask), so that a model with no
+    entry above the threshold still gets a meaningful assignment for the AUROC). Both give the
+    same columns when q is close to 0/1; on a dense q they can differ, and so can every score.
+    """
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
     true_mask = np.asarray(true_mask) > 0
     mask_prob = np.asarray(mask_prob, dtype=float)
+    if true_mask.ndim != 2 or mask_prob.ndim != 2 or true_mask.shape[0] != mask_prob.shape[0]:
+        raise ValueError(f"true mask {true_mask.shape} and mask probabilities {mask_prob.shape} "
+                         "must be (perturbations x dims) with the same perturbations")
+    if not np.all(np.isfinite(mask_prob)):
+        raise ValueError("mask probabilities contain NaN or infinite values")
     hard = mask_prob > threshold
-    # Match on probabilities rather than hard values so that a model with no active entry
-    # still gets a meaningful assignment for the AUROC.
-    cooccurrence = true_mask.T.astype(float) @ mask_prob
-    rows, cols = linear_sum_assignment(cooccurrence, maximize=True)
+    scores = hard.astype(float) if matching == "mask" else mask_prob
+    rows, cols = linear_sum_assignment(true_mask.T.astype(float) @ scores, maximize=True)
     matched_hard = hard[:, cols]
     tp = float((true_mask[:, rows] & matched_hard).sum())
     n_hat, n_true = float(hard.sum()), float(true_mask.sum())
     truth = true_mask[:, rows].ravel()
-    scores = mask_prob[:, cols].ravel()
-    auroc = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < truth.size else float("nan")
+    matched_prob = mask_prob[:, cols].ravel()
+    auroc = (float(roc_auc_score(truth, matched_prob)) if 0 < truth.sum() < truth.size
+             else float("nan"))
     return {
         "precision": tp / n_hat if n_hat else 0.0,
         "recall": tp / n_true if n_true else 0.0,
@@ -55,6 +78,44 @@ def mask_stats(true_mask: np.ndarray, mask_prob: np.ndarray, threshold: float = 
         "density": float(hard.mean()),
         "assignment": cols.tolist(),
     }
+
+
+def planted_mask(uns: Mapping) -> tuple[list[str], np.ndarray]:
+    """(perturbation labels, true mask) from a simulated dataset's ``uns["simulation"]``
+    (``perturbations``: row labels; ``true_mask``: perturbations x true latent dims); a clear
+    error if absent. Both the embedded simulation and ``reference_sim`` write them."""
+    sim = uns.get("simulation")
+    if not isinstance(sim, Mapping) or "true_mask" not in sim or "perturbations" not in sim:
+        raise ValueError('the dataset has no planted mask (uns["simulation"] with '
+                         '"perturbations" and "true_mask")')
+    labels = [str(p) for p in np.asarray(sim["perturbations"])]
+    mask = np.asarray(sim["true_mask"], dtype=float)
+    if mask.ndim != 2 or mask.shape[0] != len(labels):
+        raise ValueError(f'uns["simulation"]["true_mask"] has shape {mask.shape} for '
+                         f"{len(labels)} perturbations")
+    return labels, mask
+
+
+def planted_mask_recovery(labels: list[str], true_mask: np.ndarray, latents,
+                          threshold: float = 0.5) -> pd.DataFrame:
+    """One row per matching convention (``MASK_RECOVERY_COLUMNS``) for one run's latents
+    (rows by perturbation name, layer ``mask_prob``); empty when the run has no mask."""
+    if MASK_LAYER not in latents.layers:
+        return pd.DataFrame(columns=MASK_RECOVERY_COLUMNS)
+    names = latents.obs_names.astype(str)
+    position = {n: i for i, n in enumerate(names)}
+    missing = [p for p in labels if p not in position]
+    if missing:
+        raise ValueError(f"no mask row for planted perturbations {missing[:5]}")
+    q = np.asarray(latents.layers[MASK_LAYER], dtype=float)[[position[p] for p in labels]]
+    rows = []
+    for matching in MATCHINGS:
+        stats = mask_stats(true_mask, q, threshold=threshold, matching=matching)
+        rows.append({"matching": matching, "threshold": threshold,
+                     "n_perturbations": len(labels),
+                     "true_density": float((np.asarray(true_mask) > 0).mean()),
+                     **{k: stats[k] for k in ("density", "precision", "recall", "f1", "auroc")}})
+    return pd.DataFrame(rows, columns=MASK_RECOVERY_COLUMNS)
 
 
 def _jaccard(active: np.ndarray) -> np.ndarray:
@@ -78,6 +139,14 @@ def _pearson(x: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrix(values: np.ndarray, kind: str, threshold=DEFAULT_THRESHOLD) -> np.ndarray:
+    """Pairwise similarity of the rows. The runs use the sign-free kinds: a perturbation
+    that moves a program's dimension down is as much a member as one that moves it up, and
+    signed cosine / Pearson rank such same-program pairs last (``embedding_cosine`` and
+    ``effect_pearson`` are kept for comparison only)."""
+    if kind == "embedding_abs_cosine":
+        return np.abs(_cosine(np.asarray(values, dtype=float)))
+    if kind == "effect_abs_pearson":
+        return np.abs(_pearson(np.asarray(values, dtype=float)))
     if kind == "mask_jaccard":
         return _jaccard(np.asarray(values) > threshold)
     if kind == "embedding_cosine":
@@ -151,10 +220,11 @@ def recovery_scores(
 def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """{similarity: (singles × features, target gene per row)} that a run supports.
 
-    Masks (thresholded) give mask_jaccard; embeddings give embedding_cosine, on the expected
-    latent shift (mask probability × embedding mean) where the model has masks, since an
-    embedding coordinate behind a closed mask does not act; predictions give effect_pearson
-    (predicted mean minus the control's), for every model including the baselines.
+    Masks (thresholded) give mask_jaccard; embeddings give embedding_abs_cosine, on the
+    expected latent shift (mask probability × embedding mean) where the model has masks, since
+    an embedding coordinate behind a closed mask does not act; predictions give
+    effect_abs_pearson (predicted mean minus the control's), for every model including the
+    baselines. All three are sign-free (see ``similarity_matrix``).
     """
     out: dict[str, tuple[pd.DataFrame, list[str]]] = {}
     if latents is not None and latents.n_obs:
@@ -170,7 +240,7 @@ def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame
             emb = np.asarray(layers[EMBEDDING_LAYER], dtype=float)
             if mask is not None:
                 emb = emb * mask
-            out["embedding_cosine"] = (pd.DataFrame(emb[single], index=names), genes)
+            out["embedding_abs_cosine"] = (pd.DataFrame(emb[single], index=names), genes)
     if predictions is not None and predictions.n_obs:
         labels = (
             predictions.obs["perturbation"].astype(str)
@@ -190,7 +260,7 @@ def run_profiles(latents=None, predictions=None) -> dict[str, tuple[pd.DataFrame
         targets = perturbation_targets(predictions)
         single = (~is_control) & targets.map(len).eq(1).to_numpy()
         genes = [t[0] for t in targets[single]]
-        out["effect_pearson"] = (pd.DataFrame(effect[single], index=labels[single]), genes)
+        out["effect_abs_pearson"] = (pd.DataFrame(effect[single], index=labels[single]), genes)
     return out
 
 

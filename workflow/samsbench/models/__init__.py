@@ -18,8 +18,11 @@ from samsbench.models.hparams import HyperparameterError, parse
 from samsbench.models.baselines import AdditiveMean, ControlMean
 from samsbench.models.conditional_vae import ConditionalVAE
 from samsbench.models.cpa_vae import CpaVAE
+from samsbench.models.linear import LinearModel
+from samsbench.models.replicate import Replicate
 from samsbench.models.sams_vae import SamsVAE, SamsVAEMeanField
 from samsbench.models.svae_plus import SvaePlus
+from samsbench.models.train_mean import TrainMean
 
 FAMILIES: dict[str, type] = {}
 
@@ -32,7 +35,8 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (SamsVAE, SamsVAEMeanField, CpaVAE, ConditionalVAE, SvaePlus, ControlMean, AdditiveMean):
+for _cls in (SamsVAE, SamsVAEMeanField, CpaVAE, ConditionalVAE, SvaePlus, ControlMean, AdditiveMean,
+             TrainMean, LinearModel, Replicate):
     register(_cls)
 
 

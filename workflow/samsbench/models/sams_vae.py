@@ -30,6 +30,9 @@ class SamsVAEHyperparameters(ShiftHyperparameters):
     mask_init_logits: float = 0.0
     mask_kl: Literal["sample", "analytic"] = "sample"
     align_basis_at: float | None = None
+    # Beyond the reference (1 = the ELBO): a weight on the mask's log p - log q, so that the
+    # sparsity prior is not drowned by the N_t cells' likelihood (docs/mask_recovery.md).
+    mask_kl_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,9 @@ class SamsVAE(ShiftModel):
         self.mask_prior_logit = logit(hp.mask_prior_prob)
         self.mask_kl = hp.mask_kl
         self.embedding_prior_scale = hp.embedding_prior_scale
+        if not hp.mask_kl_weight > 0:
+            raise ValueError(f"mask_kl_weight must be > 0, got {hp.mask_kl_weight}")
+        self.mask_kl_weight = hp.mask_kl_weight
         self.mask_logits = nn.Parameter(torch.full((T, K), hp.mask_init_logits))
         if self.correlated:
             self.embedding_encoder = GaussianEncoder(
@@ -100,7 +106,7 @@ class SamsVAE(ShiftModel):
             mask_ratio = bernoulli_log_prob(prior, mask) - bernoulli_log_prob(logits, mask)
         else:
             mask_ratio = -bernoulli_kl(logits, self.mask_prior_logit).expand_as(mask)
-        return {"mask": mask, "E": E}, log_ratio + mask_ratio.sum(-1)
+        return {"mask": mask, "E": E}, log_ratio + self.mask_kl_weight * mask_ratio.sum(-1)
 
     def shift(self, g):
         return g["mask"] * g["E"]

@@ -240,7 +240,7 @@ def complex_recovery_plot(table: pd.DataFrame):
         return _empty("no complex-recovery score (no annotated pairs)", "complex recovery")
     hue_order = [
         h
-        for h in ("mask_jaccard", "embedding_cosine", "effect_pearson")
+        for h in ("mask_jaccard", "embedding_abs_cosine", "effect_abs_pearson")
         if h in set(data["similarity"])
     ]
     splits = sorted(data["split"].astype(str).unique())

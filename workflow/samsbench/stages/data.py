@@ -28,13 +28,18 @@ DOWNLOAD_DIR = "data/downloads"
 class Reader:
     """One dataset source: ``prepare(block, input_path_or_None, out_path)`` writes the
     contract h5ad; ``download`` is the default file under data/downloads, ``path_input``
-    says the input is the block's own ``path:`` (a user's file); ``annotations`` the
-    dataset's own gene-set libraries its prepared file holds ('pathways': uns["pathways"],
-    'programs': planted programs), None when unknown before preparing."""
+    says the input is the block's own ``path:`` (a user's file). ``planted_mask``: the file
+    carries a true mask in ``uns["simulation"]`` (the workflow scores mask recovery);
+    ``gene_symbols``: var names are real gene symbols (gene-set enrichment needs them);
+    ``annotations``: the dataset's own gene-set libraries its prepared file holds
+    ('pathways': uns["pathways"], 'programs': planted programs), None when unknown before
+    preparing."""
 
     prepare: Callable[[dict, str | None, str], None]
     download: str | None = None
     path_input: bool = False
+    planted_mask: bool = False
+    gene_symbols: bool = True
     annotations: tuple[str, ...] | None = None
 
 
@@ -42,6 +47,14 @@ def _simulate(block, _input, out):
     from samsbench.data.simulate import simulate
 
     contract.write(simulate(**block.get("simulate", {})), out)
+
+
+def _reference_sim(block, _input, out):
+    """Data like the reference's own Gaussian simulator (models.md §8.1): continuous values,
+    no control cells, a planted mask (docs/mask_recovery.md)."""
+    from samsbench.data.reference_sim import reference_dataset
+
+    contract.write(reference_dataset(**block.get("simulate", {})), out)
 
 
 COUNTS_LAYER = "counts"
@@ -56,7 +69,9 @@ def _h5ad(_block, path, out):
     adata = contract.read(path, check=False)
     key = contract.PERTURBATION_KEY
     changed = 0
-    if COUNTS_LAYER in adata.layers and (adata.X is None or not contract.holds_counts(adata.X)):
+    # (a file that declares continuous values keeps its X)
+    if (COUNTS_LAYER in adata.layers and adata.uns.get(contract.VALUE_KIND_KEY, "counts") == "counts"
+            and (adata.X is None or not contract.holds_counts(adata.X))):
         log.warning('%s: X is %s; using layers["%s"] as the raw counts', path,
                     "absent" if adata.X is None else "not raw counts", COUNTS_LAYER)
         adata.X = adata.layers[COUNTS_LAYER]
@@ -102,7 +117,9 @@ def _norman(block, path, out):
 
 
 READERS: dict[str, Reader] = {
-    "simulate": Reader(_simulate, annotations=("pathways", "programs")),
+    "simulate": Reader(_simulate, planted_mask=True, annotations=("pathways", "programs")),
+    # genes are named g0, g1, ...: no gene-set enrichment
+    "reference_sim": Reader(_reference_sim, planted_mask=True, gene_symbols=False),
     "h5ad": Reader(_h5ad, path_input=True),
     "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad",
                                 annotations=("pathways",)),

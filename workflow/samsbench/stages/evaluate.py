@@ -1,5 +1,6 @@
 """The evaluate step: predict, score (metrics of a run), score an external predictions file,
-and aggregate an experiment's metrics. The maths is in samsbench.metrics."""
+aggregate an experiment's metrics, and score recovery of a planted mask. The maths is in
+samsbench.metrics and samsbench.enrichment.recovery."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from samsbench.data.splits import read_split
 log = logging.getLogger(__name__)
 
 RUN_KEYS = ("experiment", "dataset", "model", "family", "split", "seed")
+# uns key of a predictions file naming the cells it is scored against (the replicate ceiling)
+TRUTH_CELLS_KEY = "truth_cells"
 
 
 def run_identity(run_dir: str) -> dict:
@@ -52,10 +55,15 @@ def predict(data_path: str, split_path: str, model_path: str, out_path: str,
     if data.columns != record["columns"] or data.genes != record["genes"]:
         raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
     labels = [data.control] + sorted(set(data.labels) - {data.control})
-    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk)
+    # continuous data: the mean of the samples themselves (no log-normalisation of counts)
+    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk,
+                                      log_normalize=data.value_kind == "counts")
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
+    # A model scored against only some cells (the replicate ceiling) names them.
+    truth = model.scored_cells(data.cell_ids) if hasattr(model, "scored_cells") else None
     write_predictions(frame, out_path, data.control,
-                      {"model_path": model_path, "ate_particles": n_particles})
+                      {"model_path": model_path, "ate_particles": n_particles},
+                      truth_cells=truth)
     return frame
 
 
@@ -79,13 +87,34 @@ def iwelbo(data_path: str, split_path: str, model_path: str, n_particles: int = 
 def score(run: dict, data_path: str, split_path: str, predictions_path: str,
           model_path: str, out_path: str, iwelbo_particles: int = 100,
           device: str = "auto") -> pd.DataFrame:
-    """All metrics of one run as tidy rows (experiment, ..., metric, subset, value)."""
-    rows = [score_predictions(predictions_path, data_path, split_path)]
+    """All metrics of one run as tidy rows (experiment, ..., metric, subset, value). On
+    continuous or control-free data the ATE metrics are skipped (logged) and IWELBO stays."""
+    skip = effect_metrics_skip_reason(data_path)
+    if skip:
+        log.info("ATE metrics of %s skipped: %s", predictions_path, skip)
+    rows = [] if skip else [score_predictions(predictions_path, data_path, split_path)]
     for metric, value in iwelbo(data_path, split_path, model_path, iwelbo_particles,
                                 device, family=run.get("family") or None).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
                                    "value": value}]))
-    return _tidy(run, pd.concat(rows, ignore_index=True), out_path)
+    table = (pd.concat(rows, ignore_index=True) if rows
+             else pd.DataFrame(columns=["metric", "subset", "value"]))
+    return _tidy(run, table, out_path)
+
+
+def effect_metrics_skip_reason(data_path: str) -> str | None:
+    """Why the ATE metrics cannot be computed on a dataset, or None. They are defined on
+    log-normalised counts against the control mean (data_and_evaluation.md §5)."""
+    meta = ad.read_h5ad(data_path, backed="r")  # obs and uns only; X stays on disk
+    try:
+        if contract.value_kind(meta) == "continuous":
+            return ('the dataset is continuous (uns["value_kind"]); the ATE metrics are defined '
+                    "on log-normalised counts")
+        if not contract.has_controls(meta):
+            return "the dataset has no control cells; the ATE is each perturbation minus them"
+    finally:
+        meta.file.close()
+    return None
 
 
 def score_external(run: dict, data_path: str, split_path: str, predictions_path: str,
@@ -105,11 +134,57 @@ def _tidy(run: dict, table: pd.DataFrame, out_path: str | None) -> pd.DataFrame:
 
 
 def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
+    """An experiment's metrics: every run's rows, with the normalised score beside the raw
+    value (metrics.normalised_scores; issue 13)."""
     frames = [pd.read_csv(p, sep="\t") for p in paths]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
+        table = metrics.normalised_scores(table)
     sbio.write_tsv(table, out_path)
+    return table
+
+
+def score_table(metrics_path: str, out_path: str, subset: str = "test") -> pd.DataFrame:
+    """The report's table: raw and normalised scores per model (metrics.score_table) of an
+    aggregated metrics TSV."""
+    table = metrics.score_table(pd.read_csv(metrics_path, sep="\t"), subset=subset)
+    sbio.write_tsv(table, out_path)
+    return table
+
+
+def mask_recovery(data_path: str, latents_paths: list[str], runs: list[dict],
+                  out_path: str | None, threshold: float = 0.5) -> pd.DataFrame:
+    """Recovery of the dataset's planted mask by every masked run (precision / recall / F1 /
+    AUROC under both matching conventions; enrichment.recovery.planted_mask_recovery), one
+    row per run and matching; runs without a mask are skipped (logged)."""
+    from samsbench.enrichment import recovery
+
+    if len(latents_paths) != len(runs):
+        raise ValueError(f"{len(latents_paths)} latents files for {len(runs)} runs")
+    meta = ad.read_h5ad(data_path, backed="r")  # uns only; X stays on disk
+    try:
+        labels, true_mask = recovery.planted_mask(meta.uns)
+    except ValueError as exc:
+        raise ValueError(f"{data_path}: {exc}") from None
+    finally:
+        meta.file.close()
+    columns = [*RUN_KEYS, *recovery.MASK_RECOVERY_COLUMNS]
+    frames = []
+    for path, run in zip(latents_paths, runs):
+        try:
+            rows = recovery.planted_mask_recovery(labels, true_mask, ad.read_h5ad(path),
+                                                  threshold)
+        except ValueError as exc:
+            raise ValueError(f"{path} (run {run.get('model')}): {exc}") from None
+        if not len(rows):
+            log.info("run %s/%s/seed%s has no mask; skipped", run.get("model"),
+                     run.get("split"), run.get("seed"))
+            continue
+        frames.append(rows.assign(**{k: run.get(k, "") for k in RUN_KEYS})[columns])
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    if out_path is not None:
+        sbio.write_tsv(table, out_path)
     return table
 
 
@@ -117,12 +192,14 @@ def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
 
 
 def write_predictions(
-    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None
+    means: pd.DataFrame, path, control_label: str, metadata: dict | None = None,
+    truth_cells: list[str] | None = None,
 ) -> None:
     """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
 
     Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
-    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``.
+    label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``;
+    ``truth_cells`` (cell ids to score against, see ``truth_cells``) to ``uns["truth_cells"]``.
     """
     values = np.asarray(means.to_numpy(), dtype=np.float64)
     where = f"predictions for {os.fspath(path)}"
@@ -143,6 +220,8 @@ def write_predictions(
     )
     adata.uns["control_label"] = str(control_label)
     adata.uns["metadata"] = _h5ad_safe(metadata or {})
+    if truth_cells is not None:
+        adata.uns[TRUTH_CELLS_KEY] = np.asarray(truth_cells, dtype=str)
     sbio.write_h5ad(adata, path)
 
 
@@ -232,19 +311,49 @@ def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
     return means.drop(index=control) - means.loc[control]
 
 
+def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
+    """Boolean per data cell from the predictions' ``uns["truth_cells"]`` (cell ids the
+    predictions must be scored against), or None when the file has no such record."""
+    import h5py
+
+    path = os.fspath(predictions_path)
+    with h5py.File(path, "r") as fh:
+        if "uns" not in fh or TRUTH_CELLS_KEY not in fh["uns"]:
+            return None
+        ids = fh["uns"][TRUTH_CELLS_KEY][()]
+    ids = pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in np.ravel(ids)])
+    keep = pd.Index(data_adata.obs_names.astype(str)).isin(ids)
+    if int(keep.sum()) != len(ids.unique()):
+        unknown = ids.difference(data_adata.obs_names.astype(str))
+        raise PredictionsError(
+            f'{path}: uns["{TRUTH_CELLS_KEY}"] names {len(unknown)} cells that are not in the '
+            f"data: {_first(unknown)}"
+        )
+    return np.asarray(keep)
+
+
 def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
-    """Score a predictions h5ad against a prepared dataset and its split TSV."""
+    """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
+    ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of all perturbed
+    cells) on all/train/val/test and GEARS' combo_seen{k} subsets."""
     data = contract.read(data_path)
-    true_ate = metrics.data_ate(data)
-    pred_ate = read_predictions(predictions_path, data)
+    pred_ate = read_predictions(predictions_path, data)  # checks the file first
+    # A predictions file may name the cells it is scored against (the replicate ceiling).
+    keep = truth_cells(predictions_path, data)
+    truth = data if keep is None else data[keep]
+    true_ate = metrics.data_ate(truth)
     if not pred_ate.index.isin(true_ate.index).any():
         raise PredictionsError(
             f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
         )
     split = read_split(split_path, data.obs_names)
     labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
-    subsets = metrics.subsets_from_split(labels, split, contract.control_label(data))
-    return metrics.ate_metrics(pred_ate, true_ate, subsets)
+    control = contract.control_label(data)
+    subsets = {**metrics.subsets_from_split(labels, split, control),
+               **metrics.combo_seen_subsets(labels, split, control)}
+    cells = truth.obs[contract.PERTURBATION_KEY].astype(str).value_counts()
+    reference = metrics.perturbed_reference(true_ate, cells)
+    return metrics.ate_metrics(pred_ate, true_ate, subsets, reference)
 
 
 def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:

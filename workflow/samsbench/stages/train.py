@@ -49,6 +49,7 @@ def train(data_path: str, split_path: str, hp: dict, training: dict, run_dir: st
     family = hp.pop("family")
     hp = registry.hyperparameters(family, hp)  # the family's typed hyperparameters
     data = load_data(data_path, split_path, hp.encoding, device)
+    contract.require_model_fits(data.value_kind, family, hp)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = registry.build(family, len(data.genes), data.columns, hp)
     identity = {**(identity or {}), "seed": seed}
