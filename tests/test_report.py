@@ -287,3 +287,13 @@ def test_a_library_the_dataset_lacks_gets_one_warning_and_no_figure(tmp_path):
                           capture_output=True, text=True).stdout
     assert "top_terms_KEGG_2021_Human.png" in plan and "top_terms_pathways.png" not in plan
     assert out.stderr.count("has no 'pathways' annotation") == 1
+
+
+def test_every_rule_prints_a_message():
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(ROOT, "workflow", "rules", "*.smk")):
+        text = open(path).read()
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, re.S | re.M):
+            assert "\n    message:\n" in body, f"{os.path.basename(path)}: rule {name} has no message"

@@ -20,14 +20,14 @@ import pandas as pd
 
 from samsbench import io as sbio
 from samsbench import provenance
-
-# Lower is better for these; every other metric (and every normalised score) is higher-better.
-LOWER_IS_BETTER = {"effect_rmse", "discrimination_rank"}
+# lower is better for these; every other metric (and every normalised score) is higher-better
+from samsbench.metrics import LOWER_IS_BETTER
 # The metrics of the leaderboard, in this order, each on the subset it is reported on.
 LEADERBOARD_METRICS = [("test_iwelbo", "test"), ("ate_pearson", "test"), ("ate_r2", "test"),
                        ("ate_pearson_top20", "test"), ("ate_r2_top20", "test"),
-                       ("pearson_delta", "test"), ("effect_rmse", "test"),
-                       ("direction_agreement_top20", "test"), ("discrimination_rank", "test")]
+                       ("pearson_delta", "test"), ("pearson_delta_perturbed", "test"),
+                       ("effect_rmse", "test"), ("direction_agreement_top20", "test"),
+                       ("discrimination_rank", "test"), ("centroid_accuracy", "test")]
 
 
 def undefined_reason(metric: str, family: str, short: bool = False) -> str:
