@@ -297,3 +297,29 @@ def test_every_rule_prints_a_message():
         text = open(path).read()
         for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, re.S | re.M):
             assert "\n    message:\n" in body, f"{os.path.basename(path)}: rule {name} has no message"
+
+
+def test_iwelbo_figure_zooms_to_a_one_nat_difference():
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame([
+        {"model": m, "family": f, "metric": metric, "subset": subset, "split": "s", "seed": 0,
+         "value": v + (0.3 if metric == "val_iwelbo" else 0.0)}
+        for m, f, v in (("ref", "sams_vae", -520.0), ("other", "cpa_vae", -519.0))
+        for metric, subset in (("test_iwelbo", "test"), ("val_iwelbo", "val"))])
+    models = pd.DataFrame({"model": ["ref", "other", "base"],
+                           "family": ["sams_vae", "cpa_vae", "control_mean"]})
+    panels = [("test_iwelbo", "test", "x"), ("val_iwelbo", "val", "x")]
+    fig = pe.metric_dots(pe.relative_to(table, "ref"), panels, models, "t",
+                         {("base", "test_iwelbo"): "no likelihood (baseline)",
+                          ("base", "val_iwelbo"): "no likelihood (baseline)"},
+                         reference_line=0.0, reference="ref")
+    try:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            assert hi - lo < 2.0 and lo < 0.0 < 1.0 < hi  # both points, 1 nat apart, visible
+            texts = [t.get_text() for t in ax.texts]
+            assert "no value" not in texts and "no likelihood (baseline)" in texts
+            assert "reference" in texts and "1" in texts  # the mean difference, written
+    finally:
+        plt.close(fig)
