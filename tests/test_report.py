@@ -323,3 +323,14 @@ def test_iwelbo_figure_zooms_to_a_one_nat_difference():
             assert "reference" in texts and "1" in texts  # the mean difference, written
     finally:
         plt.close(fig)
+
+
+def test_the_replicate_ceiling_is_never_the_best_and_iwelbo_gets_no_normalised_column():
+    rows = (_rows("a", "sams_vae", "ate_pearson", "test", [0.5], [0.4])
+            + _rows("r", "replicate", "ate_pearson", "test", [0.9], [1.0])
+            + _rows("a", "sams_vae", "test_iwelbo", "test", [-10.0], [math.nan]))
+    board = report.leaderboard(pd.DataFrame(rows)).set_index(["model", "metric"])
+    assert board.loc[("a", "ate_pearson"), "best"] and not board.loc[("r", "ate_pearson"), "best"]
+    assert board.loc[("a", "ate_pearson"), "normalised_best"]
+    page = report.leaderboard_html(board.reset_index(), "e")
+    assert "ate_pearson normalised" in page and "test_iwelbo normalised" not in page

@@ -89,9 +89,14 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+# The replicate is the ceiling the normalised scores divide by, not a contender.
+CEILING_FAMILIES = {"replicate"}
+
+
 def _best(table: pd.DataFrame, column: str) -> pd.Series:
     best = pd.Series(False, index=table.index)
-    for (_, _), part in table.groupby(["split", "metric"]):
+    contenders = table[~table["family"].isin(CEILING_FAMILIES)]
+    for (_, _), part in contenders.groupby(["split", "metric"]):
         values = part[column].astype(float)
         if values.notna().any():
             target = values.max() if part["higher_is_better"].iloc[0] else values.min()
@@ -193,11 +198,14 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
     splits = list(dict.fromkeys(table["split"]))
     header = (["split"] if len(splits) > 1 else []) + ["model"]
     tips = (["the split"] if len(splits) > 1 else []) + ["model name (family)"]
+    # a normalised column only for the metrics that have scores (none for IWELBO: no baseline)
+    normalised = {m for m in metrics if has_norm and
+                  table.loc[table["metric"] == m, "normalised_mean"].notna().any()}
     for m in metrics:
         arrow = "↓" if m in LOWER_IS_BETTER else "↑"
         header.append(f"{m} {arrow}")
         tips.append(f"{m} on the test subset, mean ± sd over seeds; {arrow} = better")
-        if has_norm:
+        if m in normalised:
             header.append(f"{m} normalised ↑")
             tips.append(f"{m} as (u − b) / (r − b): 0 = best simple baseline, 1 = replicate")
     rows = []
@@ -209,7 +217,7 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
         for m in metrics:
             r = part.loc[m]
             columns = [("mean", "sd", "best")]
-            if has_norm:
+            if m in normalised:
                 columns.append(("normalised_mean", "normalised_sd", "normalised_best"))
             for mean_c, sd_c, best_c in columns:
                 mean, sd = float(r[mean_c]), float(r[sd_c])
@@ -228,7 +236,8 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
     over = "runs (every split and seed)" if splits == ["all"] else "seeds"
     spread = f"mean ± sd over {n_seeds} {over}" if n_seeds > 1 else "one seed (no sd)"
     note = (f"Test subset; {spread}; "
-            "★ best per column; n/a: hover for the reason; click a header to sort."
+            "★ best per column (the replicate ceiling excluded); n/a: hover for the reason; "
+            "click a header to sort."
             + (" Normalised: 0 = the best simple baseline, 1 = the replicate ceiling." if has_norm
                else " Normalised scores appear here once metrics.tsv has them."))
     return (_table(header, rows, f"leaderboard-{experiment}", tips)
