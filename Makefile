@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 CORES ?= 2
 
-.PHONY: install run test test-cluster bench gpu-check lint clean
+.PHONY: install run test browser test-cluster bench gpu-check lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,21 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default --report results/report.html
+	@echo "Report: $(CURDIR)/results/report.html (open it in a browser; leaderboard and provenance on its home page)"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# tests/test_workflow.py renders results/report.html in headless Chromium (the report is a
+# JavaScript app); install Debian's chromium when running as root, else the test is skipped
+# with that reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+		echo "could not install chromium: the report's browser test will be skipped"; \
+	else echo "no chromium and not root: the report's browser test will be skipped"; fi
 
 bench: install
 	$(BIN)/python bench/run_benchmarks.py

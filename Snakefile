@@ -1,11 +1,20 @@
 # samsbench: the SAMS-VAE paper's benchmark, from raw data to figures.
 # Default: the embedded simulated benchmark (config.yaml). See README.md.
+import os
+import sys
+
 from snakemake.utils import min_version
+
+# this checkout's package (workflow/samsbench), installed or not
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 
 
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -21,6 +30,7 @@ include: "workflow/rules/planted.smk"
 include: "workflow/rules/mask_stability.smk"
 include: "workflow/rules/paper_common.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -88,10 +88,52 @@ def test_same_seed_gives_byte_identical_metrics(finished, tmp_path):
     assert a == (other / "results/tiny/metrics.tsv").read_bytes()
 
 
-def test_report_has_figures(finished):
+@pytest.fixture(scope="module")
+def report_html(finished):
     snakemake(finished, "--report", "results/report.html")
-    html = (finished / "results/report.html").read_text(errors="replace")
+    return finished / "results/report.html"
+
+
+def test_report_has_figures(report_html):
+    html = report_html.read_text(errors="replace")
     assert "ate_metrics.png" in html and "mask_heatmaps.png" in html and "complex_recovery.png" in html
+
+
+def test_provenance_and_leaderboard_files(finished):
+    import json
+
+    record = json.loads((finished / "results/tiny/provenance.json").read_text())
+    assert record["seeds"] == [0]
+    assert set(record["sha256"]) == {"dataset", "split:random", "split:ood"}
+    assert all(len(v) == 64 for v in record["sha256"].values())
+    assert record["config"]["models"]["sams_vae"]["n_latent"] == 6  # resolved, defaults filled
+    summary = json.loads((finished / "results/tiny/runs/sams_vae/ood/seed0/summary.json").read_text())
+    assert summary["provenance"]["sha256"]["dataset"] == record["sha256"]["dataset"]
+    assert summary["provenance"]["software"]["torch"]
+    board = pd.read_csv(finished / "results/tiny/leaderboard.tsv", sep="\t")
+    best = board[board["best"] & (board["metric"] == "ate_pearson")]
+    assert set(best["split"]) == {"random", "ood"}  # one best (or a tie) per split
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium on PATH (make test installs Debian's "
+                    "chromium when run as root)")
+def test_report_home_page_shows_leaderboard_and_provenance(report_html, tmp_path):
+    # the report is a JavaScript app: render it in a headless browser and read the DOM
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+           "--dump-dom", report_html.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'id="leaderboard-tiny"' in dom, dom[-2000:]
+    assert 'id="provenance-tiny"' in dom
+    assert "sha256 dataset" in dom and "git commit" in dom
+    # the leaderboard holds every model of the experiment
+    table = dom[dom.index('id="leaderboard-tiny"'):]
+    table = table[: table.index("</table>")]
+    for model in ("sams_vae", "svae_plus", "additive_mean", "toy"):
+        assert f">{model}<" in table
 
 
 def test_bad_config_gets_a_readable_error(tmp_path):

@@ -1,5 +1,7 @@
 # Shared helpers: config validation (defaults filled, readable errors), the list of runs, the
 # run-directory layout (samsbench.io, spelled once) and every target of the workflow.
+import sys
+
 import samsbench.config as sbconfig
 import samsbench.io as sbio
 import samsbench.stages.data as sbdata
@@ -67,6 +69,7 @@ def all_targets():
     targets = []
     for experiment in config["run"]:
         targets.append(f"{RESULTS}/{experiment}/metrics.tsv")
+        targets.append(f"{RESULTS}/{experiment}/leaderboard.html")
         # paper experiments (a `paper:` block): the paper's tables and figures (paper.smk)
         # instead of the generic figures, whose per-run panels do not scale to 1,125 runs
         if config["experiments"][experiment].get("paper"):
@@ -146,7 +149,6 @@ def enrichment_targets(experiment):
     """Every enrichment output of an experiment, for the Snakefile's all."""
     out = f"{RESULTS}/{experiment}"
     figures = f"{out}/figures/enrichment"
-    libraries = enrichment_settings(experiment)["gene_sets"]
     return [
         f"{out}/gene_set_sources.tsv",
         f"{out}/enrichment.tsv",
@@ -154,7 +156,37 @@ def enrichment_targets(experiment):
         f"{out}/planted_programs.tsv",
         f"{figures}/mask_heatmaps.png",
         f"{figures}/complex_recovery.png",
-    ] + [f"{figures}/top_terms_{library}.png" for library in libraries]
+    ] + [
+        f"{figures}/top_terms_{library}.png" for library in figure_libraries(experiment)
+    ]
+
+
+DATASET_LIBRARIES = ("pathways", "programs")
+_warned = set()
+
+
+def figure_libraries(experiment):
+    """The tested libraries that get a top-terms figure: not a library of the dataset's own
+    annotation that this dataset lacks (an empty figure would read as a negative result).
+    """
+    from samsbench.stages.data import dataset_annotations
+
+    dataset = config["experiments"][experiment]["dataset"]
+    has = dataset_annotations(config["datasets"][dataset])
+    kept = []
+    for library in enrichment_settings(experiment)["gene_sets"]:
+        if has is not None and library in DATASET_LIBRARIES and library not in has:
+            if (experiment, library) not in _warned:
+                _warned.add((experiment, library))
+                print(
+                    f"samsbench: experiment {experiment}: dataset {dataset} has no "
+                    f"'{library}' annotation; that library is empty, so it gets no "
+                    "top-terms figure",
+                    file=sys.stderr,
+                )
+            continue
+        kept.append(library)
+    return kept
 
 
 def external_metrics(experiment):
@@ -165,3 +197,27 @@ def external_metrics(experiment):
         for m, s in zip(found.model, found.split)
         if "/" not in m + s
     ]
+
+
+def resolved_experiment(experiment):
+    """The settings an experiment's numbers come from, every default filled."""
+    exp = config["experiments"][experiment]
+    return {
+        "experiment": experiment,
+        "settings": exp,
+        "dataset": {exp["dataset"]: config["datasets"][exp["dataset"]]},
+        "splits": {s: config["splits"][s] for s in exp["splits"]},
+        "models": {
+            m: sbconfig.model_hyperparameters(config, experiment, m)
+            for m in exp["models"]
+        },
+        "device": config["device"],
+        "budget_scale": config["budget_scale"],
+    }
+
+
+def experiment_splits(wildcards):
+    exp = config["experiments"][wildcards.experiment]
+    return {
+        s: f"{RESULTS}/datasets/{exp['dataset']}/splits/{s}.tsv" for s in exp["splits"]
+    }

@@ -14,6 +14,8 @@ rule prepare_dataset:
         mem_mb=4000,
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
+    message:
+        "Prepare dataset {wildcards.dataset} (the AnnData contract)"
     script:
         "../scripts/prepare_dataset.py"
 
@@ -29,5 +31,7 @@ rule make_split:
         "../../envs/samsbench.yaml"
     params:
         split=lambda wc: config["splits"][wc.split],
+    message:
+        "Split {wildcards.dataset}: {wildcards.split}"
     script:
         "../scripts/make_split.py"

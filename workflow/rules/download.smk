@@ -19,5 +19,7 @@ rule download:
         checksums="data/checksums.tsv",
         require_checksum=config.get("require_checksums", False),
         limits=config["download_limits"],
+    message:
+        "Download {wildcards.file}"
     script:
         "../scripts/download.py"

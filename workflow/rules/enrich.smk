@@ -19,6 +19,8 @@ rule enrich_gene_set:
         "../../envs/samsbench.yaml"
     params:
         gene_sets=config.get("gene_sets") or {},
+    message:
+        "Gene-set library {wildcards.library} for {wildcards.experiment}"
     script:
         "../scripts/enrich_gene_set.py"
 
@@ -43,6 +45,8 @@ rule enrich_sources:
         "../../envs/samsbench.yaml"
     params:
         gene_sets=config.get("gene_sets") or {},
+    message:
+        "Gene-set sources of {wildcards.experiment}"
     script:
         "../scripts/enrich_sources.py"
 
@@ -71,6 +75,8 @@ rule enrich_run:
     params:
         run=run_identity,
         settings=lambda wc: enrichment_settings(wc.experiment),
+    message:
+        "Enrichment of {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
     script:
         "../scripts/enrich_run.py"
 
@@ -95,6 +101,8 @@ rule enrich_merge:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    message:
+        "Collect the enrichment tables of {wildcards.experiment}"
     script:
         "../scripts/enrich_merge.py"
 
@@ -130,6 +138,8 @@ rule enrich_heatmap:
             f"{run['model']} / {run['split']} / seed {run['seed']}"
             for run in first_run_per_model(enrichment_runs(wc.experiment))
         ],
+    message:
+        "Mask heatmaps of {wildcards.experiment}"
     script:
         "../scripts/enrich_heatmap.py"
 
@@ -153,6 +163,8 @@ rule enrich_top_terms:
         "../../envs/samsbench.yaml"
     params:
         alpha=lambda wc: enrichment_settings(wc.experiment)["alpha"],
+    message:
+        "Top enriched terms ({wildcards.library}) of {wildcards.experiment}"
     script:
         "../scripts/enrich_top_terms.py"
 
@@ -172,5 +184,7 @@ rule enrich_recovery_figure:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    message:
+        "Complex recovery figure of {wildcards.experiment}"
     script:
         "../scripts/enrich_recovery_figure.py"

@@ -28,6 +28,8 @@ rule evaluate:
         run=run_identity,
         evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
         device=config["device"],
+    message:
+        "Evaluate {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
     script:
         "../scripts/evaluate.py"
 
@@ -45,6 +47,8 @@ rule score_external:
         "../../envs/samsbench.yaml"
     params:
         run=lambda wc: {**run_identity(wc, "external"), "seed": 0},
+    message:
+        "Score external predictions {wildcards.model} on {wildcards.experiment}, split {wildcards.split}"
     script:
         "../scripts/score_external.py"
 
@@ -59,5 +63,7 @@ rule aggregate_metrics:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    message:
+        "Collect the metrics of {wildcards.experiment}"
     script:
         "../scripts/aggregate_metrics.py"

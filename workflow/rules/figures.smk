@@ -31,5 +31,7 @@ rule figures:
         "../../envs/samsbench.yaml"
     params:
         runs=lambda wc: runs(wc.experiment),
+    message:
+        "Figures of {wildcards.experiment}"
     script:
         "../scripts/figures.py"

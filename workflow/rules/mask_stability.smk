@@ -46,5 +46,7 @@ rule mask_stability:
     params:
         runs=lambda wc: stability_runs(wc.experiment),
         settings=lambda wc: enrichment_settings(wc.experiment),
+    message:
+        "Mask stability across seeds of {wildcards.experiment}"
     script:
         "../scripts/mask_stability.py"

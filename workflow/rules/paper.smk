@@ -60,6 +60,8 @@ rule paper_norman:
         settings=lambda wc: sbconfig.experiment_run_settings(config, wc.experiment),
         options=lambda wc: paper_options(wc.experiment),
         benchmark_root=lambda wc: f"{RESULTS}/{wc.experiment}/benchmarks",
+    message:
+        "The paper's Norman tables and figures for {wildcards.experiment}"
     script:
         "../scripts/paper_norman.py"
 
@@ -109,6 +111,8 @@ rule paper_replogle:
         settings=lambda wc: sbconfig.experiment_run_settings(config, wc.experiment),
         options=lambda wc: paper_options(wc.experiment),
         benchmark_root=lambda wc: f"{RESULTS}/{wc.experiment}/benchmarks",
+    message:
+        "The paper's Replogle tables and figures for {wildcards.experiment}"
     script:
         "../scripts/paper_replogle.py"
 
@@ -133,5 +137,7 @@ rule paper_determinism:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    message:
+        "Determinism check of {wildcards.experiment}"
     script:
         "../scripts/paper_determinism.py"

@@ -22,5 +22,7 @@ rule mask_recovery:
         "../../envs/samsbench.yaml"
     params:
         runs=lambda wc: runs(wc.experiment),
+    message:
+        "Planted-mask recovery of {wildcards.experiment}"
     script:
         "../scripts/mask_recovery.py"

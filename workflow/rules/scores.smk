@@ -16,5 +16,7 @@ rule score_table:
     localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    message:
+        "Raw and normalised scores of {wildcards.experiment}"
     script:
         "../scripts/score_table.py"

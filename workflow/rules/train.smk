@@ -31,5 +31,7 @@ rule train:
         hp=lambda wc: sbconfig.model_hyperparameters(config, wc.experiment, wc.model),
         training=lambda wc: config["experiments"][wc.experiment]["training"],
         device=config["device"],
+    message:
+        "Train {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
     script:
         "../scripts/train.py"

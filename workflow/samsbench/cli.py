@@ -3,6 +3,9 @@
 Each verb calls the same stage function as the workflow's rule (samsbench.stages). Stage
 modules are imported inside the handlers, so ``samsbench --help`` stays fast; a verb whose
 module cannot be imported fails with that import error, never silently disappears.
+
+Over 420 lines because every verb's parser, with a help text on each option, lives here
+beside its handler; the argument types at the top are the part to move out first.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _prepare(args):
     from samsbench import config as sbconfig
     from samsbench.stages import data
 
-    cfg = sbconfig.load(args.config)
+    cfg = sbconfig.load(args.config or "config.yaml")
     if args.dataset not in cfg["datasets"]:
         raise ValueError(f"unknown dataset {args.dataset!r}; config defines {sorted(cfg['datasets'])}")
     block = cfg["datasets"][args.dataset]
@@ -101,37 +104,66 @@ def _split(args):
     return 0
 
 
+def _load_config(path):
+    from samsbench import config as sbconfig
+
+    # no --config: the packaged paper constants, so `train` works from any directory
+    return sbconfig.load(path) if path else sbconfig.packaged_defaults()
+
+
 def _train(args):
     import yaml
 
     from samsbench import config as sbconfig
     from samsbench.stages import train
 
-    cfg = sbconfig.load(args.config)
-    if args.model not in cfg["models"]:
-        raise ValueError(f"unknown model {args.model!r}; config.yaml defines {sorted(cfg['models'])}")
-    hp = sbconfig.model_hyperparameters(cfg, args.experiment, args.model)
-    training = dict(cfg["experiments"][args.experiment]["training"])
+    cfg = _load_config(args.config)
+    hp, training = sbconfig.resolve_training_run(cfg, args.experiment, args.model,
+                                                 args.set or [])
     if args.max_steps is not None:
         training["max_steps"] = args.max_steps
-    identity = {"experiment": args.experiment, "model": args.model, "family": hp["family"],
-                "split": args.split_name, "dataset": cfg["experiments"][args.experiment]["dataset"]}
+    if args.threads:
+        train.set_threads(args.threads)
+    source = (f"{args.config}, experiment {args.experiment}" if args.experiment else
+              f"{args.config or 'the packaged paper constants'}, model_defaults")
+    print(f"samsbench train: {args.model} from {source}"
+          + (f", with {' '.join(args.set)}" if args.set else ""), file=sys.stderr)
+    print(yaml.safe_dump({"hyperparameters": hp, "training": training}, sort_keys=True),
+          file=sys.stderr)
+    dataset = (cfg["experiments"][args.experiment]["dataset"] if args.experiment else "")
+    identity = {"experiment": args.experiment or "", "model": args.model,
+                "family": hp["family"], "split": args.split_name, "dataset": dataset or
+                _stem(args.data)}
     summary = train.train(args.data, args.splits, hp, training, args.out, args.seed,
                           device=args.device, identity=identity)
+    summary.pop("provenance", None)  # in summary.json; too long for the terminal
     print(yaml.safe_dump(summary, sort_keys=True))
     return 0
+
+
+def _stem(path: str) -> str:
+    import os
+
+    return os.path.basename(path).split(".")[0]
 
 
 def _evaluate(args):
     from samsbench import io as sbio
     from samsbench.stages import evaluate
 
-    run = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
-           "family": args.family, "split": args.split_name, "seed": args.seed}
+    # identity columns: the run's own summary.json, unless given on the command line
+    recorded = evaluate.run_identity(args.run)
+    given = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
+             "family": args.family, "split": args.split_name, "seed": args.seed}
+    run = {k: v if v not in ("", None) else recorded.get(k, "") for k, v in given.items()}
+    if args.threads:
+        from samsbench.stages import train
+
+        train.set_threads(args.threads)
     model = sbio.run_file(args.run, "model")
     predictions = args.predictions or sbio.run_file(args.run, "predictions")
     evaluate.predict(args.data, args.splits, model, predictions, n_particles=args.ate_particles,
-                     chunk=args.ate_chunk, device=args.device, family=args.family or None)
+                     chunk=args.ate_chunk, device=args.device, family=run["family"] or None)
     table = evaluate.score(run, args.data, args.splits, predictions, model,
                            args.out or sbio.run_file(args.run, "metrics"),
                            iwelbo_particles=args.iwelbo_particles, device=args.device)
@@ -167,7 +199,7 @@ def _enrich(args):
     from samsbench import config as sbconfig
     from samsbench.stages import enrich
 
-    cfg = sbconfig.load(args.config)
+    cfg = sbconfig.load(args.config or "config.yaml")
     tables = enrich.run_from_config(
         cfg, args.experiment, args.run, args.dataset, args.out,
         gene_sets=args.gene_sets, threshold=args.threshold, min_set_size=args.min_set_size,
@@ -214,11 +246,19 @@ def _plan(args):
                             speed_table=args.speed_table)
 
 
-def _config_options(p, experiment=True):
-    p.add_argument("--config", default="config.yaml", help="config.yaml to read (validated)")
+def _config_options(p, experiment=True, optional=False):
+    if optional:
+        p.add_argument("--config", default=None,
+                       help="config.yaml to read (validated); default: the packaged paper "
+                       "constants (model_defaults), so the command works from any directory")
+    else:
+        p.add_argument("--config", default="config.yaml",
+                       help="config.yaml to read (validated; default ./config.yaml)")
     if experiment:
-        p.add_argument("--experiment", default="simulated",
-                       help="experiment of the config whose settings apply (default simulated)")
+        p.add_argument("--experiment", default=None if optional else "simulated",
+                       help="experiment of the config whose settings apply" +
+                       (" (default: none; the config's model_defaults and the schema's "
+                        "training defaults)" if optional else " (default simulated)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,14 +291,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="split TSV to write")
     p.set_defaults(func=_split)
 
-    p = sub.add_parser("train", help="train one model of config.yaml on one split")
-    _config_options(p)
-    p.add_argument("--model", required=True, help="model name under models: in the config")
+    p = sub.add_parser(
+        "train", help="train one model on one split",
+        description="Train one model on one split. Without --config the paper's constants "
+        "(model_defaults) and the schema's training defaults apply; --set overrides any "
+        "training setting or hyperparameter. The resolved settings are printed first.")
+    _config_options(p, optional=True)
+    p.add_argument("--model", required=True,
+                   help="model name under models: in the config, or a family name "
+                   "(sams_vae, cpa_vae, conditional_vae, svae_plus, ...)")
     p.add_argument("--data", required=True, help="prepared dataset h5ad")
     p.add_argument("--splits", required=True, help="split TSV")
     p.add_argument("--split-name", default="", help="the split's name, recorded in summary.json")
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
-    p.add_argument("--max-steps", type=positive_int, help="override the experiment's max_steps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting (max_steps=500, lr=1e-3) or a "
+                   "hyperparameter (n_latent=20); repeat for several")
+    p.add_argument("--max-steps", type=positive_int, help="override max_steps (as --set)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_train)
@@ -276,11 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwelbo-particles", type=positive_int, default=100,
                    help="importance samples per cell for the IWELBO (default 100)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads (default: torch's choice)")
     for name, what in (("experiment", "experiment"), ("dataset", "dataset"),
                        ("name", "model name"), ("family", "model family"),
                        ("split-name", "split name")):
-        p.add_argument(f"--{name}", default="", help=f"{what} recorded in the metrics rows")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed recorded in the metrics rows")
+        p.add_argument(f"--{name}", default="", help=f"{what} recorded in the metrics rows "
+                       "(default: from the run's summary.json)")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="seed recorded in the metrics rows (default: from summary.json)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -402,6 +457,11 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except ImportError as exc:
+        # a verb's module (imported in its handler) is broken or a dependency is missing
+        print(f"samsbench {args.command}: error: cannot import what this command needs: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"samsbench {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,10 @@
 
 Both the Snakefile and the command line read config.yaml through this module, so a run is
 defined the same way with or without Snakemake.
+
+Over 420 lines because validation, the grid expansion and the resolution of one run's settings
+for the command line (packaged defaults, ``--set``) read the same validated structure; the
+grids are the part to move to a module of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import yaml
 
 from samsbench import io as sbio
 
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "config.schema.yaml")
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schemas", "config.schema.yaml")
+# The paper's constants and one model per family (package data), for `samsbench train`
+# without a config file.
+DEFAULTS_PATH = os.path.join(os.path.dirname(__file__), "defaults.yaml")
 
 
 class ConfigError(ValueError):
@@ -154,6 +161,70 @@ def load(path: str = "config.yaml") -> dict:
         raise ConfigError(f"{path}: expected a mapping of settings, found "
                           f"{type(config).__name__}")
     return validate(config)
+
+
+def packaged_defaults() -> dict:
+    """A validated config with the paper's ``model_defaults`` and one model per family and
+    a placeholder dataset and experiment: what the command line starts from without
+    ``--config``."""
+    with open(DEFAULTS_PATH) as fh:
+        block = yaml.safe_load(fh)
+    return validate({"run": [], **block})
+
+
+def step_defaults(step: str) -> dict:
+    """The schema's defaults of an experiment's ``training`` or ``evaluation`` block."""
+    experiment = load_schema()["properties"]["experiments"]["additionalProperties"]
+    properties = experiment["properties"][step]["properties"]
+    return {k: copy.deepcopy(v["default"]) for k, v in properties.items() if "default" in v}
+
+
+def resolve_training_run(config: dict, experiment: str | None, model: str,
+                         overrides: list[str] = ()) -> tuple[dict, dict]:
+    """(hyperparameters, training) of one model: the experiment's values when ``experiment``
+    is given, else the config's ``model_defaults`` and the schema's training defaults; then
+    each ``key=value`` of ``overrides`` (a YAML value), which names a training setting or a
+    hyperparameter of the model's family. ``model`` may also be a family name."""
+    from samsbench import models as registry
+
+    config = copy.deepcopy(config)
+    if model not in config["models"]:
+        if model in registry.FAMILIES:
+            config["models"][model] = {"family": model}
+        else:
+            raise ConfigError(f"unknown model {model!r}; the config defines "
+                              f"{sorted(config['models'])}, the families are "
+                              f"{sorted(registry.FAMILIES)}")
+    if experiment is not None and experiment not in config["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; the config defines "
+                          f"{sorted(config['experiments'])}")
+    training = step_defaults("training")
+    training.pop("unscaled", None)
+    if experiment is not None:
+        training.update(config["experiments"][experiment]["training"])
+    family = config["models"][model]["family"]
+    declared = set(registry.declared(family))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if key in training:
+            training[key] = value
+        elif key in declared:
+            config["models"][model][key] = value
+        else:
+            from samsbench.models.hparams import closest
+
+            known = sorted(set(training) | declared)
+            raise ConfigError(f"--set {key}: not a training setting nor a hyperparameter of "
+                              f"{family}{closest(key, known)}; known: {', '.join(known)}")
+    hp = model_hyperparameters(config, experiment, model)
+    return hp, training
 
 
 def model_hyperparameters(config: dict, experiment: str | None, model: str) -> dict:

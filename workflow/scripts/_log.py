@@ -1,7 +1,12 @@
 """Send a rule script's logging, warnings and stderr to the rule's log file."""
 
 import logging
+import os
 import sys
+
+# The package next to the scripts (workflow/samsbench) comes first: a rule runs this
+# checkout's code, also in a --sdm conda environment that holds only the dependencies.
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 
 def setup(snakemake):

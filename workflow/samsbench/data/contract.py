@@ -156,6 +156,15 @@ def _check_counts(X, cell_ids=None, gene_names=None) -> None:
                 )
 
 
+def holds_counts(X) -> bool:
+    """Whether X meets the contract's count rules (present, numeric, integer, >= 0)."""
+    try:
+        _check_counts(X)
+    except ContractError:
+        return False
+    return True
+
+
 def validate(adata: ad.AnnData) -> ad.AnnData:
     """Raise ContractError naming the first violated rule; return adata unchanged otherwise."""
     if adata.n_obs == 0 or adata.n_vars == 0:

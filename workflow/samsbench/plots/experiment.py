@@ -53,26 +53,95 @@ def model_palette(models: pd.DataFrame) -> dict:
     return palette
 
 
-def metric_bars(metrics: pd.DataFrame, names: list[str], subset: str, title: str):
-    table = metrics[metrics["metric"].isin(names) & (metrics["subset"] == subset)]
-    palette = model_palette(metrics)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        part = table[table["metric"] == name]
-        if part.empty:
-            ax.text(0.5, 0.5, "no value", ha="center", va="center", transform=ax.transAxes)
-        else:
-            sns.barplot(data=part, x="split", y="value", hue="model", palette=palette, ax=ax,
-                        errorbar="sd")
-            ax.legend().remove()
-        ax.set_title(f"{name} ({subset})")
-        ax.set_xlabel("split")
-        ax.set_ylabel(name)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
-    fig.legend(handles, list(palette), loc="center left", bbox_to_anchor=(1.0, 0.5),
-               title="model")
-    fig.suptitle(title)
-    fig.tight_layout()
+SPLIT_MARKERS = ["o", "s", "D", "^", "v", "P", "X"]
+
+
+def relative_to(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """``value`` minus the reference model's value of the same metric, subset, split and seed
+    (the paper's relative IWELBO, taken per seed before averaging); rows without a matching
+    reference run are dropped."""
+    keys = ["metric", "subset", "split", "seed"]
+    base = table[table["model"] == reference][keys + ["value"]].rename(columns={"value": "_ref"})
+    out = table.merge(base, on=keys, how="inner")
+    return out.assign(value=out["value"] - out["_ref"]).drop(columns="_ref")
+
+
+def metric_dots(table: pd.DataFrame, panels: list[tuple[str, str, str]], models: pd.DataFrame,
+                title: str, reasons: dict | None = None, reference_line: float | None = None,
+                reference: str | None = None):
+    """One panel per (metric, subset, axis label): a row per model, each seed a point
+    (marker = split), the mean ± sd over seeds as a bar when there are several seeds, the
+    mean written beside it. The x axis is zoomed to the values, so differences of a fraction
+    of the scale show. A model without a value gets the reason from ``reasons[(model,
+    metric)]`` in place of a point; ``reference_line`` draws a dashed line (e.g. 0)."""
+    reasons = reasons or {}
+    names = list(dict.fromkeys(models["model"]))
+    palette = model_palette(models)
+    splits = sorted(table["split"].astype(str).unique())
+    spacing = 0.3 if len(splits) > 1 else 0.0  # sub-rows of one model, one per split
+    height = 1.5 + 0.42 * len(names) * max(1.0, 0.6 * len(splits)) + (0.45 if splits[1:] else 0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height), squeeze=False,
+                             sharey=True)
+    for ax, (metric, subset, xlabel) in zip(axes[0], panels):
+        part = table[(table["metric"] == metric) & (table["subset"] == subset)]
+        values = part["value"].astype(float)
+        finite = values[np.isfinite(values)]
+        lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+        if reference_line is not None:
+            lo, hi = min(lo, reference_line), max(hi, reference_line)
+        pad = (hi - lo) * 0.25 or max(abs(hi), 1.0) * 0.05
+        ax.set_xlim(lo - pad, hi + pad)
+        if reference_line is not None:
+            ax.axvline(reference_line, color="#666", linestyle="--", linewidth=0.8)
+        for y, model in enumerate(names):
+            rows = part[part["model"] == model]
+            vals = rows["value"].astype(float)
+            ok = np.isfinite(vals.to_numpy())
+            if not ok.any():
+                reason = reasons.get((model, metric), "no value")
+                ax.text(0.02, y, reason, va="center", ha="left", fontsize=7, color="#777",
+                        style="italic", transform=ax.get_yaxis_transform())
+                continue
+            colour = palette.get(model, "#333")
+            # one sub-row per split: seeds as points, mean ± sd over seeds of that split
+            for i, split in enumerate(splits):
+                mine = vals[(rows["split"].astype(str) == split).to_numpy() & ok]
+                yy = y + (i - (len(splits) - 1) / 2) * spacing
+                prefix = f"{split}: " if len(splits) > 1 else ""
+                if not len(mine):
+                    ax.text(1.02, yy, prefix + "n/a", va="center", ha="left", fontsize=6.5,
+                            clip_on=False, transform=ax.get_yaxis_transform(), color="#777")
+                    continue
+                ax.scatter(mine, np.full(len(mine), yy), s=22, color=colour,
+                           marker=SPLIT_MARKERS[i % len(SPLIT_MARKERS)], zorder=3,
+                           edgecolor="black", linewidth=0.4, alpha=0.9)
+                mean = mine.mean()
+                sd = mine.std(ddof=1) if len(mine) > 1 else 0.0
+                if len(mine) > 1:
+                    ax.errorbar(mean, yy, xerr=sd, fmt="|", color="black", capsize=2.5,
+                                zorder=4, markersize=9, linewidth=1)
+                label = f"{mean:.3g}" + (f" ± {sd:.2g}" if len(mine) > 1 else "")
+                if model == reference:
+                    label = "reference"
+                # the mean beside the panel, outside the data, in the split's sub-row
+                ax.text(1.02, yy, prefix + label, va="center", ha="left", fontsize=6.5,
+                        clip_on=False, transform=ax.get_yaxis_transform())
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.grid(axis="x", color="#eee")
+        ax.set_title(f"{metric} ({subset} subset)", fontsize=10)
+        ax.set_xlabel(xlabel)
+    if len(splits) > 1:
+        handles = [plt.Line2D([], [], marker=SPLIT_MARKERS[i % len(SPLIT_MARKERS)],
+                              linestyle="", color="#555", label=s) for i, s in enumerate(splits)]
+        # below the panels: the mean labels take the space right of each panel
+        fig.legend(handles=handles, title="split", loc="lower center", ncol=len(splits),
+                   bbox_to_anchor=(0.5, 0.0), fontsize=8, title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    # fixed margins in inches (the mean labels sit outside each panel; savefig crops tight)
+    bottom = 1.05 if len(splits) > 1 else 0.6
+    fig.subplots_adjust(top=1 - 0.7 / height, bottom=bottom / height, wspace=0.45)
     return fig
 
 

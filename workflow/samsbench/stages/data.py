@@ -30,13 +30,17 @@ class Reader:
     contract h5ad; ``download`` is the default file under data/downloads, ``path_input``
     says the input is the block's own ``path:`` (a user's file). ``planted_mask``: the file
     carries a true mask in ``uns["simulation"]`` (the workflow scores mask recovery);
-    ``gene_symbols``: var names are real gene symbols (gene-set enrichment needs them)."""
+    ``gene_symbols``: var names are real gene symbols (gene-set enrichment needs them);
+    ``annotations``: the dataset's own gene-set libraries its prepared file holds
+    ('pathways': uns["pathways"], 'programs': planted programs), None when unknown before
+    preparing."""
 
     prepare: Callable[[dict, str | None, str], None]
     download: str | None = None
     path_input: bool = False
     planted_mask: bool = False
     gene_symbols: bool = True
+    annotations: tuple[str, ...] | None = None
 
 
 def _simulate(block, _input, out):
@@ -53,21 +57,35 @@ def _reference_sim(block, _input, out):
     contract.write(reference_dataset(**block.get("simulate", {})), out)
 
 
+COUNTS_LAYER = "counts"
+
+
 def _h5ad(block, path, out):
     """A user's contract file, its labels normalised: control components dropped
     (``KLF1+ctrl`` -> ``KLF1``, ``ctrl+ctrl`` -> ``ctrl``) and components sorted (``B+A`` ->
-    ``A+B``). Then validated (errors name the file and the broken rule) and, with
-    ``counts_sha256``, its counts checked against the pin; copied unchanged when no label
+    ``A+B``). Raw counts in ``layers["counts"]`` (scanpy's common layout, X normalised or
+    absent) become X. Then validated (errors name the file and the broken rule) and, with
+    ``counts_sha256``, its counts checked against the pin; copied unchanged when nothing
     changed."""
     adata = contract.read(path, check=False)
     key = contract.PERTURBATION_KEY
     changed = 0
+    # (a file that declares continuous values keeps its X)
+    if (COUNTS_LAYER in adata.layers and adata.uns.get(contract.VALUE_KIND_KEY, "counts") == "counts"
+            and (adata.X is None or not contract.holds_counts(adata.X))):
+        log.warning('%s: X is %s; using layers["%s"] as the raw counts', path,
+                    "absent" if adata.X is None else "not raw counts", COUNTS_LAYER)
+        adata.X = adata.layers[COUNTS_LAYER]
+        del adata.layers[COUNTS_LAYER]
+        changed = 1
     if key in adata.obs.columns and not adata.obs[key].isna().any():
-        labels, changed = contract.normalise_labels(adata.obs[key], contract.control_label(adata))
-        if changed:
+        labels, relabelled = contract.normalise_labels(adata.obs[key],
+                                                       contract.control_label(adata))
+        changed += relabelled
+        if relabelled:
             before = adata.obs[key].astype(str).to_numpy()
             examples = sorted({f"{a} -> {b}" for a, b in zip(before, labels) if a != b})[:5]
-            log.info("%s: normalised the perturbation label of %d cells (%s)", path, changed,
+            log.info("%s: normalised the perturbation label of %d cells (%s)", path, relabelled,
                      "; ".join(examples))
             adata.obs[key] = labels
     try:
@@ -112,15 +130,39 @@ def _mcfaline(block, path, out):
 
 
 READERS: dict[str, Reader] = {
-    "simulate": Reader(_simulate, planted_mask=True),
+    "simulate": Reader(_simulate, planted_mask=True, annotations=("pathways", "programs")),
     # genes are named g0, g1, ...: no gene-set enrichment
     "reference_sim": Reader(_reference_sim, planted_mask=True, gene_symbols=False),
     "h5ad": Reader(_h5ad, path_input=True),
-    "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad"),
-    "replogle_raw": Reader(_replogle_raw, download="K562_gwps_raw_singlecell_01.h5ad"),
-    "norman": Reader(_norman, download="norman_scpert.h5ad"),
-    "mcfaline": Reader(_mcfaline, download="perturbench_devel.h5ad"),
+    "replogle_prepared": Reader(_replogle_prepared, download="replogle.h5ad",
+                                annotations=("pathways",)),
+    "replogle_raw": Reader(_replogle_raw, download="K562_gwps_raw_singlecell_01.h5ad",
+                           annotations=("pathways",)),
+    "norman": Reader(_norman, download="norman_scpert.h5ad", annotations=()),
+    "mcfaline": Reader(_mcfaline, download="perturbench_devel.h5ad", annotations=()),
 }
+
+
+def dataset_annotations(dataset_cfg: dict) -> set[str] | None:
+    """The dataset's own libraries ('pathways', 'programs') its prepared file will have,
+    known before preparing: from the reader, or for a user's h5ad from the file's uns (read
+    without loading the matrix). None when it cannot be known (the file is not there yet)."""
+    found = reader(dataset_cfg)
+    if found.annotations is not None:
+        return set(found.annotations)
+    path = dataset_cfg.get("path")
+    if not found.path_input or not path or not os.path.exists(path):
+        return None
+    import h5py
+
+    def non_empty(f, key):
+        return key in f and len(f[key]) > 0
+
+    with h5py.File(path, "r") as f:
+        out = {"pathways"} if non_empty(f, "uns/pathways") else set()
+        if non_empty(f, "uns/simulation/programs"):
+            out.add("programs")
+    return out
 
 
 def reader(dataset_cfg: dict) -> Reader:

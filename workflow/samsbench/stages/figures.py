@@ -42,13 +42,46 @@ def _history(run_dir: str) -> pd.DataFrame:
 
 
 def experiment(metrics_path: str, runs: list[dict], outputs: dict) -> None:
-    """ATE metric bars, IWELBO bars and training curves of an experiment."""
+    """ATE metrics and IWELBO (relative to a reference model) as dot plots with seeds as
+    points, and training curves of an experiment."""
+    from samsbench.stages.report import undefined_reason
+
     metrics = pd.read_csv(metrics_path, sep="\t")
-    _png(pe.metric_bars(metrics, ["ate_pearson", "ate_r2", "ate_pearson_top20"], "test",
-                        "Average treatment effects on the test perturbations"), outputs["ate"])
-    _png(pe.metric_bars(metrics, ["test_iwelbo", "val_iwelbo"], "test",
-                        "Held-out IWELBO (higher is better)"), outputs["iwelbo"])
+    models = pd.DataFrame([{"model": r["model"], "family": r["family"]} for r in runs])
+    models = models.drop_duplicates("model")
+    reasons = {(m, metric): undefined_reason(metric, f, short=True) for m, f in
+               zip(models["model"], models["family"]) for metric in
+               ("ate_pearson", "ate_r2", "ate_pearson_top20", "test_iwelbo", "val_iwelbo")}
+    ate = [(m, "test", label) for m, label in (("ate_pearson", "Pearson r"), ("ate_r2", "R²"),
+                                               ("ate_pearson_top20", "Pearson r, top-20 genes"))]
+    _png(pe.metric_dots(metrics, ate, models, "Average treatment effects on the test "
+                        "perturbations (higher is better)", reasons), outputs["ate"])
+    reference = iwelbo_reference(metrics, runs)
+    if reference is None:
+        relative, title = metrics.iloc[:0], "Held-out IWELBO: no model has a likelihood"
+    else:
+        relative = pe.relative_to(metrics, reference)
+        ref = metrics[(metrics["model"] == reference) & (metrics["metric"] == "test_iwelbo")]
+        title = (f"Held-out IWELBO relative to {reference} (per seed; higher is better); "
+                 f"{reference}'s test IWELBO = {ref['value'].mean():.2f} nats per cell")
+    panels = [("test_iwelbo", "test", "IWELBO − reference (nats per cell)"),
+              ("val_iwelbo", "val", "IWELBO − reference (nats per cell)")]
+    _png(pe.metric_dots(relative, panels, models, title, reasons, reference_line=0.0,
+                         reference=reference),
+         outputs["iwelbo"])
     _png(pe.training_curves(runs, [_history(r["dir"]) for r in runs]), outputs["curves"])
+
+
+def iwelbo_reference(metrics: pd.DataFrame, runs: list[dict]) -> str | None:
+    """The model the IWELBO figure is relative to: the first SAMS-VAE (correlated guide) of the
+    experiment, as the paper's, else the first model with a test IWELBO."""
+    have = set(metrics.loc[metrics["metric"] == "test_iwelbo", "model"])
+    order = list(dict.fromkeys(r["model"] for r in runs))
+    family = {r["model"]: r["family"] for r in runs}
+    for model in order:
+        if model in have and family[model] == "sams_vae":
+            return model
+    return next((m for m in order if m in have), None)
 
 
 # ------------------------------------------------------------------------------ enrichment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import anndata as ad
@@ -12,10 +13,16 @@ import torch
 from samsbench import inference
 from samsbench import io as sbio
 from samsbench import models as registry
+from samsbench import provenance
 from samsbench.data import contract, splits
 from samsbench.data.tensors import PerturbationData
 
 log = logging.getLogger(__name__)
+
+
+def set_threads(n: int) -> None:
+    """CPU threads torch may use in this process (the rule's ``threads``, or ``--threads``)."""
+    torch.set_num_threads(int(n))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -48,6 +55,12 @@ def train(data_path: str, split_path: str, hp: dict, training: dict, run_dir: st
     identity = {**(identity or {}), "seed": seed}
     summary = inference.train(model, family, hp, data, training, run_dir, seed, progress, identity)
     write_perturbation_latents(model, data, sbio.run_file(run_dir, "latents"))
+    # the record of where the numbers came from: code, software, device, settings, input bytes
+    summary["provenance"] = provenance.record(
+        config={"family": family, "hyperparameters": dataclasses.asdict(hp),
+                "training": dict(training)},
+        files={"dataset": data_path, "split": split_path}, seeds=[seed], device_name=device)
+    sbio.write_json(summary, sbio.run_file(run_dir, "summary"))
     return summary
 
 
