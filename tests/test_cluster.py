@@ -85,6 +85,9 @@ def slurm(tmp_path_factory):
     # The node's only partition is not the default one: jobs reach it through the profile,
     # which reads the partition from the environment.
     env["SBATCH_PARTITION"] = local_slurm.PARTITION
+    # Snakemake's full job blocks (rule, jobid, wildcards) instead of the rules' messages:
+    # parse_run reads them
+    env["SAMSBENCH_RULE_DETAILS"] = "1"
     env.pop("SBATCH_ACCOUNT", None)
     yield {"state": state, "env": env}
     stopped = local_slurm.down(state)

@@ -1,5 +1,6 @@
 # Shared helpers: config validation (defaults filled, readable errors), the list of runs, the
 # run-directory layout (samsbench.io, spelled once) and every target of the workflow.
+import os
 import sys
 
 import samsbench.config as sbconfig
@@ -29,6 +30,13 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_\-]+",
     split=r"[A-Za-z0-9_\-.]+",
     seed=r"\d+",
+
+
+def rule_message(text):
+    """A rule's one console line. With SAMSBENCH_RULE_DETAILS=1 the rules print Snakemake's
+    full job block instead (jobid, wildcards, resources), which Snakemake shows only for a
+    rule without a message; the cluster tests parse it."""
+    return "" if os.environ.get("SAMSBENCH_RULE_DETAILS") == "1" else text
 
 
 def runs(experiment):

@@ -15,7 +15,7 @@ rule prepare_dataset:
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
     message:
-        "Prepare dataset {wildcards.dataset} (the AnnData contract)"
+        rule_message("Prepare dataset {wildcards.dataset} (the AnnData contract)")
     script:
         "../scripts/prepare_dataset.py"
 
@@ -32,6 +32,6 @@ rule make_split:
     params:
         split=lambda wc: config["splits"][wc.split],
     message:
-        "Split {wildcards.dataset}: {wildcards.split}"
+        rule_message("Split {wildcards.dataset}: {wildcards.split}")
     script:
         "../scripts/make_split.py"

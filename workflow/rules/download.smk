@@ -20,6 +20,6 @@ rule download:
         require_checksum=config.get("require_checksums", False),
         limits=config["download_limits"],
     message:
-        "Download {wildcards.file}"
+        rule_message("Download {wildcards.file}")
     script:
         "../scripts/download.py"

@@ -20,7 +20,7 @@ rule enrich_gene_set:
     params:
         gene_sets=config.get("gene_sets") or {},
     message:
-        "Gene-set library {wildcards.library} for {wildcards.experiment}"
+        rule_message("Gene-set library {wildcards.library} for {wildcards.experiment}")
     script:
         "../scripts/enrich_gene_set.py"
 
@@ -46,7 +46,7 @@ rule enrich_sources:
     params:
         gene_sets=config.get("gene_sets") or {},
     message:
-        "Gene-set sources of {wildcards.experiment}"
+        rule_message("Gene-set sources of {wildcards.experiment}")
     script:
         "../scripts/enrich_sources.py"
 
@@ -76,7 +76,9 @@ rule enrich_run:
         run=run_identity,
         settings=lambda wc: enrichment_settings(wc.experiment),
     message:
-        "Enrichment of {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        rule_message(
+            "Enrichment of {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        )
     script:
         "../scripts/enrich_run.py"
 
@@ -102,7 +104,7 @@ rule enrich_merge:
     conda:
         "../../envs/samsbench.yaml"
     message:
-        "Collect the enrichment tables of {wildcards.experiment}"
+        rule_message("Collect the enrichment tables of {wildcards.experiment}")
     script:
         "../scripts/enrich_merge.py"
 
@@ -139,7 +141,7 @@ rule enrich_heatmap:
             for run in first_run_per_model(enrichment_runs(wc.experiment))
         ],
     message:
-        "Mask heatmaps of {wildcards.experiment}"
+        rule_message("Mask heatmaps of {wildcards.experiment}")
     script:
         "../scripts/enrich_heatmap.py"
 
@@ -164,7 +166,9 @@ rule enrich_top_terms:
     params:
         alpha=lambda wc: enrichment_settings(wc.experiment)["alpha"],
     message:
-        "Top enriched terms ({wildcards.library}) of {wildcards.experiment}"
+        rule_message(
+            "Top enriched terms ({wildcards.library}) of {wildcards.experiment}"
+        )
     script:
         "../scripts/enrich_top_terms.py"
 
@@ -185,6 +189,6 @@ rule enrich_recovery_figure:
     conda:
         "../../envs/samsbench.yaml"
     message:
-        "Complex recovery figure of {wildcards.experiment}"
+        rule_message("Complex recovery figure of {wildcards.experiment}")
     script:
         "../scripts/enrich_recovery_figure.py"

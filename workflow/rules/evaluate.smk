@@ -29,7 +29,9 @@ rule evaluate:
         evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
         device=config["device"],
     message:
-        "Evaluate {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        rule_message(
+            "Evaluate {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        )
     script:
         "../scripts/evaluate.py"
 
@@ -48,7 +50,9 @@ rule score_external:
     params:
         run=lambda wc: {**run_identity(wc, "external"), "seed": 0},
     message:
-        "Score external predictions {wildcards.model} on {wildcards.experiment}, split {wildcards.split}"
+        rule_message(
+            "Score external predictions {wildcards.model} on {wildcards.experiment}, split {wildcards.split}"
+        )
     script:
         "../scripts/score_external.py"
 
@@ -64,6 +68,6 @@ rule aggregate_metrics:
     conda:
         "../../envs/samsbench.yaml"
     message:
-        "Collect the metrics of {wildcards.experiment}"
+        rule_message("Collect the metrics of {wildcards.experiment}")
     script:
         "../scripts/aggregate_metrics.py"

@@ -24,6 +24,8 @@ rule export_cell_eval:
         family=lambda wc: config["models"][wc.model]["family"],
         device=config["device"],
     message:
-        "Export {wildcards.model} ({wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}) for cell-eval"
+        rule_message(
+            "Export {wildcards.model} ({wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}) for cell-eval"
+        )
     script:
         "../scripts/export_cell_eval.py"

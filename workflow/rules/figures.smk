@@ -32,6 +32,6 @@ rule figures:
     params:
         runs=lambda wc: runs(wc.experiment),
     message:
-        "Figures of {wildcards.experiment}"
+        rule_message("Figures of {wildcards.experiment}")
     script:
         "../scripts/figures.py"

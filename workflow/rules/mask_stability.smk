@@ -47,6 +47,6 @@ rule mask_stability:
         runs=lambda wc: stability_runs(wc.experiment),
         settings=lambda wc: enrichment_settings(wc.experiment),
     message:
-        "Mask stability across seeds of {wildcards.experiment}"
+        rule_message("Mask stability across seeds of {wildcards.experiment}")
     script:
         "../scripts/mask_stability.py"

@@ -61,7 +61,7 @@ rule paper_norman:
         options=lambda wc: paper_options(wc.experiment),
         benchmark_root=lambda wc: f"{RESULTS}/{wc.experiment}/benchmarks",
     message:
-        "The paper's Norman tables and figures for {wildcards.experiment}"
+        rule_message("The paper's Norman tables and figures for {wildcards.experiment}")
     script:
         "../scripts/paper_norman.py"
 
@@ -112,7 +112,9 @@ rule paper_replogle:
         options=lambda wc: paper_options(wc.experiment),
         benchmark_root=lambda wc: f"{RESULTS}/{wc.experiment}/benchmarks",
     message:
-        "The paper's Replogle tables and figures for {wildcards.experiment}"
+        rule_message(
+            "The paper's Replogle tables and figures for {wildcards.experiment}"
+        )
     script:
         "../scripts/paper_replogle.py"
 
@@ -138,6 +140,6 @@ rule paper_determinism:
     conda:
         "../../envs/samsbench.yaml"
     message:
-        "Determinism check of {wildcards.experiment}"
+        rule_message("Determinism check of {wildcards.experiment}")
     script:
         "../scripts/paper_determinism.py"

@@ -23,6 +23,6 @@ rule mask_recovery:
     params:
         runs=lambda wc: runs(wc.experiment),
     message:
-        "Planted-mask recovery of {wildcards.experiment}"
+        rule_message("Planted-mask recovery of {wildcards.experiment}")
     script:
         "../scripts/mask_recovery.py"

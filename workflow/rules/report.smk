@@ -30,6 +30,6 @@ rule report_summary:
         split_paths=experiment_splits,
         device=config["device"],
     message:
-        "Leaderboard, cost and provenance of {wildcards.experiment}"
+        rule_message("Leaderboard, cost and provenance of {wildcards.experiment}")
     script:
         "../scripts/report_summary.py"

@@ -17,6 +17,6 @@ rule score_table:
     conda:
         "../../envs/samsbench.yaml"
     message:
-        "Raw and normalised scores of {wildcards.experiment}"
+        rule_message("Raw and normalised scores of {wildcards.experiment}")
     script:
         "../scripts/score_table.py"

@@ -32,6 +32,8 @@ rule train:
         training=lambda wc: config["experiments"][wc.experiment]["training"],
         device=config["device"],
     message:
-        "Train {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        rule_message(
+            "Train {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        )
     script:
         "../scripts/train.py"
