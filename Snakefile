@@ -10,6 +10,12 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 
+# a syntax error in the default config file, with its line and column
+if os.path.exists("config.yaml"):
+    from samsbench.config import read_yaml
+
+    read_yaml("config.yaml")
+
 
 configfile: "config.yaml"
 

@@ -379,6 +379,18 @@ def test_item11_yaml_syntax_error_names_the_line(tmp_path):
                               "expected ',' or '}', but got ':'")
 
 
+def test_item11_snakemake_names_the_line_of_a_broken_config_yaml(tmp_path):
+    (tmp_path / "config.yaml").write_text(bad.BROKEN_YAML)
+    snakefile = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "Snakefile")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "snakemake"), "-s",
+                             snakefile, "-n"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert ("config.yaml: YAML syntax error at line 5, column 7: expected ',' or '}', but got "
+            "':'") in result.stdout + result.stderr
+
+
 # -- 12. CLI ranges ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [

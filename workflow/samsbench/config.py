@@ -147,8 +147,9 @@ def check_references(config: dict) -> None:
                                   f"not in its models {exp['models']}")
 
 
-def load(path: str = "config.yaml") -> dict:
-    """Read and validate a config file; a YAML syntax error names the line and column."""
+def read_yaml(path: str) -> dict:
+    """A config file's settings, unvalidated; a YAML syntax error names the line and column
+    (Snakemake's own loader says only that the file is not valid YAML)."""
     with open(path) as fh:
         try:
             config = yaml.safe_load(fh) or {}
@@ -160,7 +161,12 @@ def load(path: str = "config.yaml") -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, found "
                           f"{type(config).__name__}")
-    return validate(config)
+    return config
+
+
+def load(path: str = "config.yaml") -> dict:
+    """Read and validate a config file; a YAML syntax error names the line and column."""
+    return validate(read_yaml(path))
 
 
 def packaged_defaults() -> dict:
