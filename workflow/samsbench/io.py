@@ -11,6 +11,7 @@ stages; nothing else spells ``runs/{model}/{split}/seed{seed}``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -64,6 +65,24 @@ def benchmark_file(results: str, experiment: str, step: str, model: str, split: 
     """Snakemake's benchmark TSV of one train or evaluate job."""
     return BENCHMARK_FILE.format(results=results, experiment=experiment, step=step,
                                  model=model, split=split, seed=seed)
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """A run's summary.json (written by the train step), or None when there is none."""
+    path = run_file(run_dir, "summary")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (downloads, provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ writing

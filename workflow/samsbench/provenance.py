@@ -8,23 +8,13 @@ computed from.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
 import sys
 from importlib import metadata
 
-CHUNK = 1 << 20
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
+from samsbench.io import sha256_file
 
 def git_state(directory: str | os.PathLike | None = None) -> dict:
     """Commit and dirty flag of the checkout holding ``directory`` (default: this package's
@@ -92,7 +82,7 @@ def record(config: dict | None = None, files: dict | None = None, seeds=None,
     if config is not None:
         out["config"] = config
     if files:
-        out["sha256"] = {label: sha256(path) if path and os.path.exists(path) else None
+        out["sha256"] = {label: sha256_file(path) if path and os.path.exists(path) else None
                          for label, path in files.items()}
     if seeds is not None:
         out["seeds"] = [int(s) for s in seeds]

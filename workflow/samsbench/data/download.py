@@ -38,6 +38,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from samsbench.io import sha256_file
+
 log = logging.getLogger(__name__)
 
 CHECKSUM_COLUMNS = ("file", "sha256", "size", "url", "note")
@@ -194,14 +196,6 @@ def _usual_permissions(path: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-
-
-def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- checks
@@ -473,7 +467,7 @@ def download(
     kept = False
     if out.exists():
         if expected is not None:
-            if sha256_of(out) == expected:
+            if sha256_file(out) == expected:
                 log.info("%s is already present with the expected sha256; not downloading", out)
                 return out
             out.unlink()  # contradicts the known checksum: never leave it looking good

@@ -15,7 +15,6 @@ table of built-in libraries with their versions and licences.)
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import zipfile
@@ -332,10 +331,10 @@ def _read_h5ad(path: Path):
 
 def read_identity(run_dir: str | os.PathLike) -> dict:
     """model/split/seed/family of a run from its summary.json (written by the train step)."""
-    path = Path(sbio.run_file(run_dir, "summary"))
-    if not path.is_file():
+    path = sbio.run_file(run_dir, "summary")
+    summary = sbio.read_summary(run_dir)
+    if summary is None:
         raise FileNotFoundError(f"{path}: no summary.json; is {run_dir} a trained run directory?")
-    summary = json.loads(path.read_text())
     missing = [k for k in ("model", "split", "seed", "family") if summary.get(k) in (None, "")]
     if missing:
         raise ValueError(f"{path} does not record the run's {', '.join(missing)}")

@@ -27,14 +27,10 @@ TRUTH_CELLS_KEY = "truth_cells"
 def run_identity(run_dir: str) -> dict:
     """experiment, dataset, model, family, split and seed as the run's summary.json records
     them ({} without one), for the identity columns of its metrics."""
-    import json
-
-    path = sbio.run_file(run_dir, "summary")
-    if not os.path.exists(path):
+    summary = sbio.read_summary(run_dir)
+    if summary is None:
         log.warning("%s: no summary.json; the metrics rows get empty identity columns", run_dir)
         return {}
-    with open(path) as fh:
-        summary = json.load(fh)
     return {k: summary[k] for k in RUN_KEYS if k in summary}
 
 

@@ -52,15 +52,15 @@ def train(data_path: str, split_path: str, hp: dict, training: dict, run_dir: st
     contract.require_model_fits(data.value_kind, family, hp)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = registry.build(family, len(data.genes), data.columns, hp)
-    identity = {**(identity or {}), "seed": seed}
-    summary = inference.train(model, family, hp, data, training, run_dir, seed, progress, identity)
-    write_perturbation_latents(model, data, sbio.run_file(run_dir, "latents"))
-    # the record of where the numbers came from: code, software, device, settings, input bytes
-    summary["provenance"] = provenance.record(
+    # the record of where the numbers came from: code, software, device, settings, input
+    # bytes; summary.json carries it (written once, by the engine)
+    record = provenance.record(
         config={"family": family, "hyperparameters": dataclasses.asdict(hp),
                 "training": dict(training)},
         files={"dataset": data_path, "split": split_path}, seeds=[seed], device_name=device)
-    sbio.write_json(summary, sbio.run_file(run_dir, "summary"))
+    identity = {**(identity or {}), "seed": seed, "provenance": record}
+    summary = inference.train(model, family, hp, data, training, run_dir, seed, progress, identity)
+    write_perturbation_latents(model, data, sbio.run_file(run_dir, "latents"))
     return summary
 
 
