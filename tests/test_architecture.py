@@ -1,11 +1,16 @@
-"""The layering of the package (docs/architecture.md), read from the modules' actual imports,
-and the one-entry registries for a metric, a dataset reader and a gene-set source."""
+"""The layering of the package (docs/architecture.md), read from the modules' actual imports
+(transitively, function bodies included; the rules' .smk files and scripts too), no file I/O in
+the pure layers, and the one-entry registries for a metric, a dataset reader and a gene-set
+source."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import pkgutil
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +21,51 @@ import samsbench
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(samsbench.__file__).parent
-# Modules that read or write files, or know the workflow's configuration.
-FILE_AWARE = ("samsbench.io", "samsbench.stages", "samsbench.config", "samsbench.data",
-              "samsbench.cli")
-PURE_LAYERS = ("samsbench.models", "samsbench.nn", "samsbench.enrichment", "samsbench.plots")
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+# docs/architecture.md, "What may import what": each group, and the samsbench modules its
+# transitive import closure may contain (the group itself always). Prefixes match submodules.
+PURE = ("samsbench.models", "samsbench.nn", "samsbench.enrichment", "samsbench.plots",
+        "samsbench.metrics", "samsbench.labels", "samsbench.paper")
+CLOSURE_ALLOWED = {
+    "samsbench.io": (),
+    "samsbench.labels": (),
+    "samsbench.nn": (),
+    "samsbench.paper": (),
+    "samsbench.enrichment": (),
+    "samsbench.models": ("samsbench.nn", "samsbench.labels"),
+    "samsbench.plots": ("samsbench.paper", "samsbench.enrichment"),
+    "samsbench.metrics": ("samsbench.labels",),
+    "samsbench.inference": ("samsbench.models", "samsbench.nn", "samsbench.labels",
+                            "samsbench.io"),
+    "samsbench.provenance": ("samsbench.io",),
+    "samsbench.config": ("samsbench.io", "samsbench.models", "samsbench.nn", "samsbench.labels"),
+    "samsbench.data": ("samsbench.io", "samsbench.labels", "samsbench.nn"),
+}
+# A stage may import everything above except the CLI and other stages; these stage-to-stage
+# imports are the stated exceptions (shared loaders and readers), and they form no cycle.
+CROSS_STAGE = {
+    "samsbench.stages.evaluate": {"samsbench.stages.train"},
+    "samsbench.stages.export": {"samsbench.stages.train", "samsbench.stages.evaluate"},
+    "samsbench.stages.figures": {"samsbench.stages.enrich", "samsbench.stages.report"},
+}
+# Entry points: what they may import directly (the CLI parses and calls stages; config and io
+# name its paths). The rules' own process (.smk) also reads the download's and memory tables.
+CLI_DIRECT = ("samsbench.stages", "samsbench.config", "samsbench.io")
+SCRIPT_DIRECT = ("samsbench.stages",)
+SMK_DIRECT = ("samsbench.stages", "samsbench.config", "samsbench.io", "samsbench.data.download",
+              "samsbench.data.memory")
+# Calls that read or write files; a pure layer makes none (text parsers take text: a
+# pandas reader over io.StringIO is parsing, not I/O).
+IO_ATTRIBUTES = {"to_csv", "to_parquet", "to_pickle", "to_hdf", "to_json", "write_h5ad",
+                 "write_text", "write_bytes", "read_text", "read_bytes", "savefig", "savez",
+                 "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "mkdir", "unlink",
+                 "touch", "symlink_to"}
+IO_MODULE_CALLS = {("np", "save"), ("np", "load"), ("numpy", "save"), ("numpy", "load"),
+                   ("torch", "save"), ("torch", "load"), ("json", "dump"), ("json", "load"),
+                   ("yaml", "safe_load"), ("yaml", "safe_dump"), ("pickle", "dump"),
+                   ("pickle", "load"), ("ad", "read_h5ad"), ("anndata", "read_h5ad"),
+                   ("os", "remove"), ("shutil", "copy"), ("shutil", "move")}
 
 
 def _module_name(path: Path) -> str:
@@ -27,13 +73,18 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every samsbench module a file imports, at top level or inside a function."""
-    tree = ast.parse(path.read_text())
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+MODULES = {_module_name(p): p for p in SOURCES}
+
+
+def _is_under(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _imports(source: str, name: str, is_package: bool = False) -> set[str]:
+    """Every samsbench module a source imports, at top level or inside a function."""
+    package = name if is_package else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -44,24 +95,71 @@ def _imports(path: Path) -> set[str]:
             found.add(base)
             # `from samsbench import io` imports the module samsbench.io
             found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.startswith("samsbench.")}
+    # the root package holds only __version__; a name that is no module is an attribute
+    return {m for m in found if m in MODULES and m not in ("samsbench", name)}
 
 
-def _is_under(module: str, prefixes) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
+def _graph(**replaced: str) -> dict[str, set[str]]:
+    """Direct imports of every package module; ``replaced`` swaps a module's source."""
+    return {name: _imports(replaced.get(name) or path.read_text(), name,
+                           path.name == "__init__.py")
+            for name, path in MODULES.items()}
 
 
-def _existing(modules: set[str]) -> set[str]:
-    """Drop names that are attributes rather than modules (from x import function)."""
-    out = set()
-    for m in modules:
-        if (PACKAGE.parent / Path(*m.split("."))).with_suffix(".py").is_file() or \
-                (PACKAGE.parent / Path(*m.split(".")) / "__init__.py").is_file():
-            out.add(m)
-    return out
+def _closure(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
 
 
-SOURCES = sorted(PACKAGE.rglob("*.py"))
+def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for name in graph:
+        reach = _closure(graph, graph[name])
+        group = next((g for g in CLOSURE_ALLOWED if _is_under(name, [g])), None)
+        if group is not None:
+            bad += [f"{name} imports {m}" for m in sorted(reach)
+                    if not _is_under(m, (group, *CLOSURE_ALLOWED[group]))]
+        elif _is_under(name, ["samsbench.stages"]):
+            stages = {m for m in graph[name] if _is_under(m, ["samsbench.stages"])}
+            bad += [f"{name} imports {m}" for m in sorted(stages - CROSS_STAGE.get(name, set()))
+                    if m not in (name, "samsbench.stages")]
+            bad += [f"{name} imports {m}" for m in sorted(reach)
+                    if _is_under(m, ["samsbench.cli", "samsbench.__main__"])]
+            if name in reach:
+                bad.append(f"{name} imports itself through another stage")
+    return bad
+
+
+def _io_calls(source: str) -> list[str]:
+    """File reads and writes in a source: open(), pandas readers, writers, np/torch save/load."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "open":
+            found.append(f"line {node.lineno}: open()")
+        elif isinstance(func, ast.Attribute):
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            parses_text = (node.args and isinstance(node.args[0], ast.Call)
+                           and "StringIO" in ast.unparse(node.args[0].func))
+            if func.attr in IO_ATTRIBUTES or (owner, func.attr) in IO_MODULE_CALLS or (
+                    owner in ("pd", "pandas") and func.attr.startswith("read_")
+                    and not parses_text):
+                found.append(f"line {node.lineno}: {ast.unparse(func)}()")
+    return found
+
+
+def _smk_imports(text: str) -> set[str]:
+    """samsbench modules a .smk file imports (import lines parse as Python on their own)."""
+    lines = [ln.strip() for ln in text.splitlines()
+             if re.match(r"\s*(import|from)\s+samsbench", ln)]
+    return _imports("\n".join(lines), "workflow") if lines else set()
 
 
 def test_every_module_imports():
@@ -70,50 +168,79 @@ def test_every_module_imports():
             importlib.import_module(info.name)
 
 
-# Known and being removed by the model/engine half of issue 15 (strict: the test fails once
-# the import is gone, so the marker is dropped with it).
-@pytest.mark.parametrize("path", [
-    p for p in SOURCES if _is_under(_module_name(p), PURE_LAYERS)], ids=lambda p: _module_name(p))
-def test_pure_layers_import_no_file_aware_module(path):
-    bad = sorted(m for m in _existing(_imports(path)) if _is_under(m, FILE_AWARE))
-    assert not bad, f"{_module_name(path)} imports {bad}"
+def test_every_layer_imports_only_what_its_row_allows():
+    assert not _layer_violations(_graph())
 
 
-def test_the_import_check_sees_a_violation(tmp_path):
-    # the checker itself: a module importing io inside a function is caught
-    fake = PACKAGE / "plots" / "_probe_for_test.py"
-    fake.write_text("def f():\n    from samsbench import io\n")
-    try:
-        assert "samsbench.io" in _existing(_imports(fake))
-    finally:
-        fake.unlink()
+def test_the_layer_check_sees_a_transitive_violation():
+    # models -> metrics -> (labels) and models -> provenance -> io, as in issue 23
+    base = MODULES["samsbench.models.base"].read_text()
+    bad = _layer_violations(_graph(**{"samsbench.models.base": base
+                                      + "\nfrom samsbench import metrics, provenance\n"}))
+    assert "samsbench.models.base imports samsbench.metrics" in bad
+    assert "samsbench.models.base imports samsbench.io" in bad  # through provenance
+    # a family imports base; the closure carries the violation up to it
+    assert "samsbench.models.sams_vae imports samsbench.provenance" in bad
+    # a stage importing a stage that is no stated exception
+    bad = _layer_violations(_graph(**{"samsbench.stages.plan": "from samsbench.stages import train"}))
+    assert bad == ["samsbench.stages.plan imports samsbench.stages.train"]
 
 
-def _script_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("samsbench"):
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("samsbench"))
-    return _existing(found)
+@pytest.mark.parametrize("path", [p for p in SOURCES if _is_under(_module_name(p), PURE)],
+                         ids=_module_name)
+def test_pure_layers_read_and_write_no_file(path):
+    assert not _io_calls(path.read_text()), f"{_module_name(path)} does file I/O"
+
+
+def test_the_io_check_sees_a_plot_that_reads_a_file():
+    plot = ("import pandas as pd\n\ndef draw(path):\n    from samsbench import inference\n"
+            "    return pd.read_csv(path, sep='\\t')\n")
+    assert _io_calls(plot) == ["line 5: pd.read_csv()"]
+    bad = _layer_violations(_graph(**{"samsbench.plots.experiment": plot}))
+    assert "samsbench.plots.experiment imports samsbench.inference" in bad
+    assert "samsbench.plots.experiment imports samsbench.io" in bad  # inference's checkpoints
+    assert _io_calls("import io\nimport pandas as pd\npd.read_csv(io.StringIO(text))\n") == []
+    assert len(_io_calls("open(p)\nnp.save(p, a)\ntorch.load(p)\nframe.to_csv(p)\n"
+                         "Path(p).write_text(t)\n")) == 5
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workflow" / "scripts").glob("*.py")),
                          ids=lambda p: p.name)
 def test_rule_scripts_call_only_stages(path):
-    found = _script_imports(path)
+    found = _imports(path.read_text(), "scripts")
     if path.name != "_log.py":
         assert found, f"{path.name} calls no stage"
-    assert all(_is_under(m, ["samsbench.stages"]) for m in found), found
+    assert all(_is_under(m, SCRIPT_DIRECT) for m in found), found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflow" / "rules").glob("*.smk")),
+                         ids=lambda p: p.name)
+def test_rules_import_only_stages_settings_and_tables(path):
+    found = _smk_imports(path.read_text())
+    assert all(_is_under(m, SMK_DIRECT) for m in found), found
+
+
+def test_the_smk_check_sees_a_violation():
+    assert _smk_imports("rule a:\n    run:\n        from samsbench import metrics\n") == {
+        "samsbench.metrics"}
+
+
+def test_the_rules_modules_load_no_torch():
+    # what every .smk imports loads in Snakemake's process for each `snakemake` call;
+    # torch alone costs seconds there (config validation still imports the model registry,
+    # and with it torch: issue 23.6, not done)
+    modules = sorted(set().union(*(_smk_imports(p.read_text())
+                                   for p in (ROOT / "workflow" / "rules").glob("*.smk"))))
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", f"the rules' imports load {out.strip()}"
 
 
 def test_cli_imports_only_stages_and_settings():
-    # the CLI reads config.yaml (config) and names run files (io); every step is a stage
-    found = _existing(_imports(PACKAGE / "cli.py"))
-    allowed = ["samsbench.stages", "samsbench.config", "samsbench.io"]
-    assert all(_is_under(m, allowed) for m in found), found
+    found = _imports(MODULES["samsbench.cli"].read_text(), "samsbench.cli")
+    assert all(_is_under(m, CLI_DIRECT) for m in found), found
     assert {"samsbench.stages.data", "samsbench.stages.train", "samsbench.stages.evaluate",
             "samsbench.stages.enrich"} <= found
 

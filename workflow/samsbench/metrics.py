@@ -23,8 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
-from samsbench.data import contract
-from samsbench.labels import components
+from samsbench.labels import PERTURBATION_KEY, components, control_label
 
 TARGET_SUM = 1e4
 TOP_K = 20
@@ -104,7 +103,7 @@ def perturbation_means(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if labels is None:
-        labels = adata.obs[contract.PERTURBATION_KEY]
+        labels = adata.obs[PERTURBATION_KEY]
     labels = np.asarray(labels).astype(str)
     if labels.shape != (adata.n_obs,):
         raise ValueError(f"need one label per cell ({adata.n_obs}), got shape {labels.shape}")
@@ -127,7 +126,7 @@ def perturbation_means(
 
 def data_ate(adata: ad.AnnData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.DataFrame:
     """Reference data ATE: per non-control label, mean log2(CP10k+1) minus the control mean."""
-    control = contract.control_label(adata)
+    control = control_label(adata)
     means = perturbation_means(adata, chunk_rows=chunk_rows)
     if control not in means.index:
         raise ValueError(f"no control cells labelled {control!r}; cannot compute the data ATE")

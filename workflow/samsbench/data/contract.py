@@ -18,20 +18,20 @@ import pandas as pd
 import scipy.sparse as sp
 
 from samsbench import io as sbio
-from samsbench.labels import COMBINATION_SEP, components  # noqa: F401 (re-exported)
+from samsbench.labels import (  # noqa: F401 (re-exported)
+    COMBINATION_SEP,
+    DEFAULT_CONTROL,
+    PERTURBATION_KEY,
+    components,
+    control_label,
+)
 
-PERTURBATION_KEY = "perturbation"
-DEFAULT_CONTROL = "non-targeting"
 VALUE_KIND_KEY = "value_kind"
 NO_CONTROLS_KEY = "no_controls"
 
 
 class ContractError(ValueError):
     """A prepared dataset breaks the AnnData contract."""
-
-
-def control_label(adata: ad.AnnData) -> str:
-    return str(adata.uns.get("control_label", DEFAULT_CONTROL))
 
 
 # float32 (the training dtype) holds every integer up to 2**24 exactly; a count above it is
