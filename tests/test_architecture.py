@@ -34,7 +34,9 @@ CLOSURE_ALLOWED = {
     "samsbench.paper": (),
     "samsbench.enrichment": (),
     "samsbench.models": ("samsbench.nn", "samsbench.labels"),
-    "samsbench.plots": ("samsbench.paper", "samsbench.enrichment"),
+    # the family cards (label, colour) from the model registry
+    "samsbench.plots": ("samsbench.paper", "samsbench.enrichment", "samsbench.models",
+                        "samsbench.nn", "samsbench.labels"),
     "samsbench.metrics": ("samsbench.labels",),
     "samsbench.inference": ("samsbench.models", "samsbench.nn", "samsbench.labels",
                             "samsbench.io"),
@@ -327,3 +329,85 @@ def test_a_gene_set_source_is_one_registry_entry(monkeypatch, tmp_path):
     table = enrich.sources([out], config_sets, tmp_path / "sources.tsv")
     assert table.iloc[0][["location", "version", "n_genes"]].tolist() == ["the config itself",
                                                                            "v1", 3]
+
+
+def test_a_baseline_is_one_class_and_one_config_block(monkeypatch, tmp_path):
+    # what a new baseline's file holds: a family class with its card; nothing else is edited
+    from samsbench import config as sbconfig
+    from samsbench import io as sbio
+    from samsbench import models as registry
+    from samsbench.models.baselines import ControlMean
+    from samsbench.stages import evaluate, report
+
+    class ZeroBaseline(ControlMean):
+        family = "zero_baseline"
+        label = "Zero effect"
+        colour = "#123456"
+
+    monkeypatch.setattr(registry, "FAMILIES", dict(registry.FAMILIES))
+    registry.register(ZeroBaseline)
+    config = sbconfig.packaged_defaults()
+    config["models"]["zero"] = {"family": "zero_baseline"}  # its config block
+    config["experiments"]["default"]["models"] += ["zero", "replicate"]
+    config["models"]["replicate"] = {"family": "replicate"}
+    sbconfig.validate(config)
+    assert registry.card("zero_baseline") == {"role": "baseline", "label": "Zero effect",
+                                              "colour": "#123456", "has_masks": False,
+                                              "has_likelihood": False}
+    paths = []
+    for model, family, value in (("sams_vae", "sams_vae", 0.7), ("zero", "zero_baseline", 0.5),
+                                 ("replicate", "replicate", 0.9)):
+        paths.append(tmp_path / f"{model}.tsv")
+        sbio.write_tsv(pd.DataFrame({"experiment": "default", "dataset": "data", "model": model,
+                                     "family": family, "split": "random", "seed": 0,
+                                     "metric": "ate_pearson", "subset": "test",
+                                     "value": [value]}), paths[-1])
+    table = evaluate.aggregate([str(p) for p in paths], str(tmp_path / "metrics.tsv"))
+    norm = table.set_index("model")["normalised"]
+    # the new baseline is the normalised scores' 0: (0.7 - 0.5) / (0.9 - 0.5)
+    assert norm["zero"] == 0.0 and norm["sams_vae"] == pytest.approx(0.5)
+    board = report.leaderboard(table)
+    row = board[(board["model"] == "zero") & (board["metric"] == "ate_pearson")].iloc[0]
+    assert row["mean"] == 0.5 and row["normalised_mean"] == 0.0
+    # the ceiling is never the best; the new baseline is a contender
+    best = board[(board["metric"] == "ate_pearson") & board["best"]]
+    assert list(best["model"]) == ["sams_vae"]
+
+
+def test_a_metric_declares_its_direction_and_place_in_its_entry(monkeypatch):
+    from samsbench import metrics
+    from samsbench.stages import report
+
+    monkeypatch.setitem(metrics.METRICS, "max_abs_error", metrics.Metric(
+        lambda p, t, _: float(np.abs(p - t).max()), lower_is_better=True, leaderboard=99,
+        score_table=99))
+    assert metrics.lower_is_better("max_abs_error") and not metrics.lower_is_better("ate_r2")
+    assert report.leaderboard_metrics()[-1] == ("max_abs_error", "test")
+    assert report.leaderboard_metrics()[0] == ("test_iwelbo", "test")
+    assert metrics.score_table_metrics()[-1] == "max_abs_error"
+    assert metrics.score_table_metrics()[0] == "pearson_delta"  # the table's sort key
+
+
+def test_defaults_are_the_families_own():
+    # defaults.yaml's model block states the paper's constants; each equals the default of
+    # every family dataclass that declares the key, and every key the schema types is declared
+    import dataclasses
+
+    import yaml
+
+    from samsbench import config as sbconfig
+    from samsbench import models as registry
+
+    declared = {}
+    for family, cls in registry.FAMILIES.items():
+        for field in dataclasses.fields(cls.Hyperparameters):
+            declared.setdefault(field.name, {})[family] = field.default
+    stated = yaml.safe_load((PACKAGE / "defaults.yaml").read_text())["model_defaults"]
+    for key, value in stated.items():
+        assert key in declared, f"defaults.yaml: {key} is no family's hyperparameter"
+        differ = {f: d for f, d in declared[key].items() if d != value}
+        assert not differ, f"defaults.yaml: {key}: {value} but the dataclasses say {differ}"
+    typed = sbconfig.load_schema()["$defs"]["hyperparameters"]["properties"]
+    assert set(typed) - {"family"} <= set(declared), set(typed) - set(declared)
+    for key, spec in typed.items():
+        assert "default" not in spec, f"schema: {key}: the default belongs to the dataclass"

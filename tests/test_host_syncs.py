@@ -15,7 +15,10 @@ from samsbench import inference
 from samsbench.stages import train as train_stage
 from samsbench import nn as sbnn
 
-FAMILIES = ["sams_vae", "sams_vae_mean_field", "cpa_vae", "conditional_vae", "svae_plus"]
+from samsbench import models as registry
+
+# every family trained by gradient (the engine's loop), as the registry declares it
+FAMILIES = [name for name, cls in registry.FAMILIES.items() if cls.trains_by_gradient]
 READS = [(torch.Tensor, "item"), (torch.Tensor, "tolist"), (torch.Tensor, "__int__"),
          (torch.Tensor, "__float__"), (torch.Tensor, "__bool__"), (torch.Tensor, "nonzero"),
          (torch, "equal"), (torch, "unique")]

@@ -7,6 +7,9 @@ import pandas as pd
 import pytest
 
 from samsbench import metrics
+from samsbench import models as registry
+
+ROLES = registry.roles()  # {family: model / baseline / ceiling}, declared on each family
 
 
 def _table(rows):
@@ -24,7 +27,7 @@ def test_normalised_score_hand_case():
                                             "replicate": 0.2, "sams_vae": 0.5})):
         for family, value in values.items():
             rows.append({"model": family, "family": family, "metric": metric, "value": value})
-    out = metrics.normalised_scores(_table(rows)).set_index(["metric", "model"])
+    out = metrics.normalised_scores(_table(rows), ROLES).set_index(["metric", "model"])
     # higher is better: b = 0.5 (additive_mean), r = 0.9 -> (0.7 - 0.5) / 0.4 = 0.5
     assert out.loc[("pearson_delta", "sams_vae"), "normalised"] == pytest.approx(0.5)
     assert out.loc[("pearson_delta", "control_mean"), "normalised"] == pytest.approx(-0.75)
@@ -51,7 +54,7 @@ def test_normalised_score_averages_seeds_and_states_why_it_is_undefined():
         {"model": "lin", "family": "linear", "metric": "effect_rmse", "value": 0.5},
         {"model": "m", "family": "sams_vae", "metric": "effect_rmse", "value": 0.4},
     ]
-    out = metrics.normalised_scores(_table(rows))
+    out = metrics.normalised_scores(_table(rows), ROLES)
     assert len(out) == len(rows) and list(out["value"]) == [r["value"] for r in rows]
     m = out[out["model"] == "m"].set_index("metric")
     assert m.loc["ate_pearson", "normalised"] == pytest.approx((0.75 - 0.5) / (1.0 - 0.5))
@@ -110,7 +113,7 @@ def test_score_table_puts_raw_and_normalised_side_by_side():
                                 ("sams_vae", 0.7, 1)):
         rows.append({"model": family, "family": family, "metric": "pearson_delta",
                      "value": value, "seed": seed})
-    table = metrics.score_table(metrics.normalised_scores(_table(rows)))
+    table = metrics.score_table(metrics.normalised_scores(_table(rows), ROLES))
     assert list(table["model"]) == ["replicate", "sams_vae", "linear"]
     row = table.set_index("model").loc["sams_vae"]
     assert row["pearson_delta"] == pytest.approx(0.6)

@@ -5,7 +5,9 @@ modelled genes, ATE(t) = mean over cells labelled t minus the control mean, on a
 dataset. Metrics compare a predicted ATE matrix (perturbations x genes) with the data ATE on the
 perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
 no file is read or written (the evaluate stage does that). A new metric is one entry in
-``METRICS``.
+``METRICS`` (a ``Metric``: its direction and its place in the report's tables included).
+Over 420 lines: the registry, the per-label means and the normalised scores share the
+subset and direction rules, so they stay in one module.
 
 Beyond the reference (issue 13): Systema-style metrics (``centroid_accuracy``, and
 ``pearson_delta_perturbed`` against the mean of all perturbed cells, ``REFERENCE_METRICS``),
@@ -15,7 +17,9 @@ the replicate ceiling (``normalised_scores``, ``score_table``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable, Mapping
 
 import anndata as ad
 import numpy as np
@@ -224,22 +228,43 @@ def _top(fn):
     return metric
 
 
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A registry entry: the function, its direction, and its place in the report (column
+    position in the leaderboard, on the test subset, and in scores_table.tsv; 0: not shown).
+    A plain function is an entry too: higher is better, shown in metrics.tsv only."""
+
+    fn: Callable
+    lower_is_better: bool = False
+    leaderboard: int = 0
+    score_table: int = 0
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
 # The metric registry, in the order of the output rows: name -> f(pred, true, top) on one
 # subset's predicted and data ATE (perturbations x genes) and the top-20 gene indices per row.
 # A new metric is one entry here.
 METRICS = {
     # the reference's four metrics
-    "ate_pearson": lambda p, t, _: _pearson(p.ravel(), t.ravel()),
-    "ate_r2": lambda p, t, _: _r2(t.ravel(), p.ravel()),
+    "ate_pearson": Metric(lambda p, t, _: _pearson(p.ravel(), t.ravel()), leaderboard=1,
+                          score_table=3),
+    "ate_r2": Metric(lambda p, t, _: _r2(t.ravel(), p.ravel()), leaderboard=2, score_table=4),
     "ate_pearson_top20": _top(lambda p, t, _: _pearson(p.ravel(), t.ravel())),
     "ate_r2_top20": _top(lambda p, t, _: _r2(t.ravel(), p.ravel())),
     # beyond the reference
-    "pearson_delta": lambda p, t, _: _nanmean(_row_pearson(p, t)),
+    "pearson_delta": Metric(lambda p, t, _: _nanmean(_row_pearson(p, t)), leaderboard=3,
+                            score_table=1),
     "pearson_delta_top20": _top(lambda p, t, _: _nanmean(_row_pearson(p, t))),
-    "effect_rmse": lambda p, t, _: float(np.sqrt(np.mean((p - t) ** 2))),
-    "direction_agreement_top20": _top(lambda p, t, _: float(np.mean(np.sign(p) == np.sign(t)))),
-    "discrimination_rank": lambda p, t, _: discrimination_rank(p, t),
-    "centroid_accuracy": lambda p, t, _: centroid_accuracy(p, t),
+    "effect_rmse": Metric(lambda p, t, _: float(np.sqrt(np.mean((p - t) ** 2))),
+                          lower_is_better=True, leaderboard=5, score_table=5),
+    "direction_agreement_top20": Metric(
+        _top(lambda p, t, _: float(np.mean(np.sign(p) == np.sign(t)))), leaderboard=6),
+    "discrimination_rank": Metric(lambda p, t, _: discrimination_rank(p, t),
+                                  lower_is_better=True, leaderboard=7, score_table=7),
+    "centroid_accuracy": Metric(lambda p, t, _: centroid_accuracy(p, t), leaderboard=8,
+                                score_table=6),
 }
 
 # Metrics of effects measured against a reference effect r (one value per gene; Systema: the
@@ -248,10 +273,31 @@ METRICS = {
 # average perturbation, which scores high on pearson_delta. Computed when ``ate_metrics`` is
 # given a reference.
 REFERENCE_METRICS = {
-    "pearson_delta_perturbed": lambda p, t, r: _nanmean(_row_pearson(p - r, t - r)),
+    "pearson_delta_perturbed": Metric(lambda p, t, r: _nanmean(_row_pearson(p - r, t - r)),
+                                      leaderboard=4, score_table=2),
 }
-# Metrics where lower is better (the normalised score turns them round).
-LOWER_IS_BETTER = frozenset({"effect_rmse", "discrimination_rank"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """The metric's direction, from its registry entry (the normalised score turns it round)."""
+    entry = {**METRICS, **REFERENCE_METRICS}.get(metric)
+    return bool(getattr(entry, "lower_is_better", False))
+
+
+def _shown(where: str) -> list[str]:
+    entries = {**METRICS, **REFERENCE_METRICS}.items()
+    return [n for n, e in sorted(((n, e) for n, e in entries if getattr(e, where, 0)),
+                                 key=lambda item: getattr(item[1], where))]
+
+
+def leaderboard_metrics() -> list[str]:
+    """The registry's metrics on the report's leaderboard, in column order."""
+    return _shown("leaderboard")
+
+
+def score_table_metrics() -> list[str]:
+    """The registry's metrics of scores_table.tsv, in column order (sorted by the first)."""
+    return _shown("score_table")
 
 
 def _subset_metrics(pred: np.ndarray, true: np.ndarray, top: np.ndarray,
@@ -346,17 +392,13 @@ def combo_seen_subsets(labels_per_cell, split_per_cell, control: str) -> dict[st
 # Scores normalised between the best simple baseline and the replicate ceiling (issue 13)
 # --------------------------------------------------------------------------------------------
 
-BASELINE_FAMILIES = ("control_mean", "additive_mean", "train_mean", "linear")
-CEILING_FAMILY = "replicate"
-
-
-def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
+def normalised_scores(table: pd.DataFrame, roles: Mapping[str, str]) -> pd.DataFrame:
     """Add ``normalised`` = (u - b) / (r - b) and ``normalised_note`` to a tidy metrics table.
 
-    Per experiment x split x metric x subset: b is the best simple baseline (families in
-    BASELINE_FAMILIES; best = highest, or lowest for LOWER_IS_BETTER metrics; each model's
-    value averaged over seeds), r the replicate ceiling (family ``replicate``, averaged over
-    seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
+    Per experiment x split x metric x subset: b is the best simple baseline (families whose
+    role in ``roles``, {family: role} from the model registry, is "baseline"; best = highest,
+    or lowest for a metric whose entry says lower_is_better; each model's value averaged over
+    seeds), r the ceiling (role "ceiling", averaged over its models and seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
     with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
     ceiling is not better than the baseline.
     """
@@ -368,14 +410,15 @@ def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
     family = out["family"].fillna("").astype(str)
     by_model = out.assign(family=family).groupby(keys + ["family", "model"], dropna=False)[
         "value"].mean().reset_index()
-    base = by_model[by_model["family"].isin(BASELINE_FAMILIES)].copy()
-    base["oriented"] = np.where(base["metric"].isin(LOWER_IS_BETTER), -1, 1) * base["value"]
+    role = by_model["family"].map(dict(roles))
+    base = by_model[role == "baseline"].copy()
+    base["oriented"] = np.where(base["metric"].map(lower_is_better), -1, 1) * base["value"]
     best = base.sort_values("oriented", kind="stable").groupby(keys, dropna=False).tail(1)
     best = best[keys + ["value"]].rename(columns={"value": "_b"})
-    ceiling = by_model[by_model["family"] == CEILING_FAMILY].groupby(keys, dropna=False)[
+    ceiling = by_model[role == "ceiling"].groupby(keys, dropna=False)[
         "value"].mean().rename("_r").reset_index()
     merged = out.merge(best, on=keys, how="left").merge(ceiling, on=keys, how="left")
-    sign = np.where(merged["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    sign = np.where(merged["metric"].map(lower_is_better), -1.0, 1.0)
     gap = sign * (merged["_r"] - merged["_b"])
     note = np.select(
         [merged["_b"].isna(), merged["_r"].isna(), ~(gap > 0)],
@@ -391,15 +434,12 @@ def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-SCORE_TABLE_METRICS = ("pearson_delta", "pearson_delta_perturbed", "ate_pearson", "ate_r2",
-                       "effect_rmse", "centroid_accuracy", "discrimination_rank")
-
-
 def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
     """One row per model of a normalised metrics table (mean over seeds and splits), raw and
     normalised value side by side per metric, on one subset; the ceiling's row included."""
     part = metrics[metrics["subset"] == subset]
-    part = part[part["metric"].isin(SCORE_TABLE_METRICS)]
+    shown = score_table_metrics()
+    part = part[part["metric"].isin(shown)]
     if part.empty:
         return pd.DataFrame(columns=["model", "family"])
     grouped = part.groupby(["model", "family", "metric"], dropna=False)[
@@ -407,9 +447,9 @@ def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
     wide = grouped.pivot(index=["model", "family"], columns="metric",
                          values=["value", "normalised"])
     columns = {}
-    for metric in [m for m in SCORE_TABLE_METRICS if m in set(grouped["metric"])]:
+    for metric in [m for m in shown if m in set(grouped["metric"])]:
         columns[metric] = wide[("value", metric)]
         columns[f"{metric}_normalised"] = wide[("normalised", metric)]
     table = pd.DataFrame(columns).reset_index()
-    first = SCORE_TABLE_METRICS[0] if SCORE_TABLE_METRICS[0] in table else table.columns[2]
+    first = shown[0] if shown[0] in table else table.columns[2]
     return table.sort_values(first, ascending=False, kind="stable").reset_index(drop=True)

@@ -28,10 +28,16 @@ from samsbench.models.train_mean import TrainMean
 FAMILIES: dict[str, type] = {}
 
 
+ROLES = ("model", "baseline", "ceiling")
+
+
 def register(cls: type) -> type:
     """Register a family class under its ``family`` attribute (usable as a decorator)."""
     if not getattr(cls, "family", ""):
         raise ValueError(f"{cls.__name__} needs a class attribute 'family' (its registry name)")
+    if getattr(cls, "role", None) not in ROLES:
+        raise ValueError(f"{cls.__name__}: role {getattr(cls, 'role', None)!r} is not one of "
+                         f"{', '.join(ROLES)}")
     FAMILIES[cls.family] = cls
     return cls
 
@@ -70,6 +76,24 @@ def resolve(family: str, plugins: bool = True) -> type:
     raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
 
 
+def card(family: str) -> dict:
+    """What the report, the figures and the normalised scores know of a family, as its class
+    declares it: role (model / baseline / ceiling), label, colour, has_masks, has_likelihood."""
+    cls = resolve(family)
+    return {"role": cls.role, "label": cls.label or family, "colour": cls.colour,
+            "has_masks": cls.has_masks, "has_likelihood": cls.has_likelihood}
+
+
+# The family of a predictions file made outside the package (score_external): a contender.
+EXTERNAL = "external"
+
+
+def roles(families=None) -> dict[str, str]:
+    """{family: role} of ``families`` (default: every registered one)."""
+    return {f: "model" if f == EXTERNAL else card(f)["role"]
+            for f in (FAMILIES if families is None else families)}
+
+
 def hyperparameters(family: str, values=None, strict: bool = True):
     """The family's ``Hyperparameters`` for a config block (without ``family``): defaults
     filled in; an unknown key or a value of the wrong type is a ``HyperparameterError``."""
@@ -87,5 +111,5 @@ def build(family: str, n_genes: int, perturbations: list[str], hp=None, strict: 
     return resolve(family)(n_genes, perturbations, hyperparameters(family, hp, strict))
 
 
-__all__ = ["FAMILIES", "HyperparameterError", "LatentModel", "MeanEffectModel", "build",
-           "declared", "hyperparameters", "register", "resolve"]
+__all__ = ["FAMILIES", "ROLES", "HyperparameterError", "LatentModel", "MeanEffectModel", "build",
+           "card", "declared", "hyperparameters", "register", "resolve", "roles"]

@@ -71,6 +71,12 @@ def family_hyperparameters(cls: type, hparams) -> Hyperparameters:
 class LatentModel(nn.Module):
     family: str = ""
     Hyperparameters: type = LatentHyperparameters
+    # What the report, figures and normalised scores know of a family (models.card): its role
+    # ("model", "baseline" or "ceiling"), display label and colour, masks and likelihood.
+    role = "model"
+    label = ""  # the family name when empty
+    colour = ""  # a stable extra colour when empty
+    has_masks = False
     trains_by_gradient = True
     has_likelihood = True
     global_variables: tuple[str, ...] = ()  # the keys of ``sample_globals``' dict
@@ -202,6 +208,10 @@ class MeanEffectModel:
 
     family: str = ""
     Hyperparameters: type = Hyperparameters
+    role = "baseline"  # a simple baseline: the normalised scores' 0 is the best of them
+    label = ""
+    colour = ""
+    has_masks = False
     trains_by_gradient = False
     has_likelihood = False
     global_variables: tuple[str, ...] = ()

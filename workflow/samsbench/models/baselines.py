@@ -16,6 +16,8 @@ from samsbench.models.base import MeanEffectModel
 
 class ControlMean(MeanEffectModel):
     family = "control_mean"
+    label = "Control mean"
+    colour = "#999999"
     control: np.ndarray | None = None
 
     def fit(self, data) -> None:
@@ -36,6 +38,8 @@ class ControlMean(MeanEffectModel):
 
 class AdditiveMean(ControlMean):
     family = "additive_mean"
+    label = "Additive mean"
+    colour = "#a6761d"
 
     def fit(self, data) -> None:
         super().fit(data)

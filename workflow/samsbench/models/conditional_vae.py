@@ -11,6 +11,8 @@ from samsbench.nn import GaussianEncoder
 
 class ConditionalVAE(LatentModel):
     family = "conditional_vae"
+    label = "Conditional VAE"
+    colour = "#7570b3"
 
     def __init__(self, n_genes: int, perturbations: list[str], hparams):
         super().__init__(n_genes, perturbations, hparams)

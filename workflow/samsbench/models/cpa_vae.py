@@ -14,6 +14,8 @@ from samsbench.nn import rows_of
 
 class CpaVAE(ShiftModel):
     family = "cpa_vae"
+    label = "CPA-VAE"
+    colour = "#d95f02"
     Hyperparameters = FreeEmbeddingHyperparameters
     global_variables = ("E",)
     samples_column_subsets = True

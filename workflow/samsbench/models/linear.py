@@ -52,6 +52,8 @@ def fit_linear(Y: np.ndarray, pca_dim: int, ridge: float):
 
 class LinearModel(MeanEffectModel):
     family = "linear"
+    label = "Linear (PCA + ridge)"
+    colour = "#e6ab02"
     Hyperparameters = LinearHyperparameters
 
     def __init__(self, n_genes, perturbations, hparams=None):

@@ -42,6 +42,9 @@ def split_halves(labels: np.ndarray, seed: int) -> np.ndarray:
 
 class Replicate(MeanEffectModel):
     family = "replicate"
+    label = "Replicate (split-half)"
+    colour = "#222222"
+    role = "ceiling"  # the normalised scores' 1, not a contender
     Hyperparameters = ReplicateHyperparameters
 
     def __init__(self, n_genes, perturbations, hparams=None):

@@ -50,6 +50,9 @@ class MeanFieldGuideHyperparameters(SamsVAEHyperparameters, FreeEmbeddingHyperpa
 
 class SamsVAE(ShiftModel):
     family = "sams_vae"
+    label = "SAMS-VAE (correlated)"
+    colour = "#1b9e77"
+    has_masks = True
     Hyperparameters = CorrelatedGuideHyperparameters
     global_variables = ("mask", "E")
     correlated = True
@@ -184,5 +187,7 @@ def varimax(loadings: torch.Tensor, max_iter: int = 500, tol: float = 1e-8) -> t
 
 class SamsVAEMeanField(SamsVAE):
     family = "sams_vae_mean_field"
+    label = "SAMS-VAE (mean field)"
+    colour = "#66c2a5"
     Hyperparameters = MeanFieldGuideHyperparameters
     correlated = False

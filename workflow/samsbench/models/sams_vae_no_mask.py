@@ -32,6 +32,9 @@ class NoMaskHyperparameters(ShiftHyperparameters):
 
 class SamsVAENoMask(ShiftModel):
     family = "sams_vae_no_mask"
+    label = "SAMS-VAE (mask off)"
+    colour = "#a6d854"
+    has_masks = False
     Hyperparameters = NoMaskHyperparameters
     global_variables = ("E",)
     samples_column_subsets = True

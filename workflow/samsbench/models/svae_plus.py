@@ -34,6 +34,8 @@ class SvaePlusHyperparameters(LatentHyperparameters):
 
 class SvaePlus(LatentModel):
     family = "svae_plus"
+    label = "SVAE+"
+    colour = "#e7298a"
     Hyperparameters = SvaePlusHyperparameters
     global_variables = ("mask",)
     requires_one_hot = True

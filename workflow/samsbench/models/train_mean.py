@@ -16,6 +16,8 @@ from samsbench.models.base import MeanEffectModel
 
 class TrainMean(MeanEffectModel):
     family = "train_mean"
+    label = "Training mean"
+    colour = "#666666"
     control: np.ndarray | None = None
     effect: np.ndarray | None = None
     control_label: str | None = None

@@ -11,33 +11,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-# One colour per family, the same in every figure.
-FAMILY_COLOURS = {
-    "sams_vae": "#1b9e77",
-    "sams_vae_mean_field": "#66c2a5",
-    "sams_vae_no_mask": "#a6d854",
-    "cpa_vae": "#d95f02",
-    "conditional_vae": "#7570b3",
-    "svae_plus": "#e7298a",
-    "control_mean": "#999999",
-    "additive_mean": "#a6761d",
-    "train_mean": "#666666",
-    "linear": "#e6ab02",
-    "replicate": "#222222",
-}
-FAMILY_LABELS = {
-    "sams_vae": "SAMS-VAE (correlated)",
-    "sams_vae_mean_field": "SAMS-VAE (mean field)",
-    "sams_vae_no_mask": "SAMS-VAE (mask off)",
-    "cpa_vae": "CPA-VAE",
-    "conditional_vae": "Conditional VAE",
-    "svae_plus": "SVAE+",
-    "control_mean": "Control mean",
-    "additive_mean": "Additive mean",
-    "train_mean": "Training mean",
-    "linear": "Linear (PCA + ridge)",
-    "replicate": "Replicate (split-half)",
-}
+def family_card(family: str) -> dict:
+    """A family's label and colour, as its class declares them (models.card); a family the
+    registry does not know (an external predictions file) is labelled by its name."""
+    from samsbench import models as registry
+
+    try:
+        return registry.card(family)
+    except ValueError:
+        return {"label": family, "colour": ""}
+
+
+def family_label(family: str) -> str:
+    return family_card(family)["label"]
 
 
 def model_palette(models: pd.DataFrame) -> dict:
@@ -46,7 +32,7 @@ def model_palette(models: pd.DataFrame) -> dict:
     extra = sns.color_palette("tab10", 10)
     palette, seen = {}, {}
     for i, (model, family) in enumerate(sorted(set(zip(models["model"], models["family"])))):
-        base = np.array(matplotlib.colors.to_rgb(FAMILY_COLOURS.get(family, extra[i % 10])))
+        base = np.array(matplotlib.colors.to_rgb(family_card(family)["colour"] or extra[i % 10]))
         shade = seen.get(family, 0)
         seen[family] = shade + 1
         palette[model] = tuple(base * (1 - 0.3 * min(shade, 2)))

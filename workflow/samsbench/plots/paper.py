@@ -1,6 +1,6 @@
 """The paper's figures and rendered tables (the reference's figures; stages.figures writes them).
 
-Colours come from plots.experiment.FAMILY_COLOURS, so a model has the same colour in every figure.
+Colours come from the family classes (plots.experiment.family_card), so a model has the same colour in every figure.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.colors import CenteredNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from samsbench import paper  # noqa: E402
-from samsbench.plots.experiment import FAMILY_COLOURS, FAMILY_LABELS  # noqa: E402
+from samsbench.plots.experiment import family_card  # noqa: E402
 
 # The bar plots' display names (reference §6): the paper's SAMS-VAE is the correlated guide.
 BAR_LABELS = {"sams_vae": "SAMS-VAE", "cpa_vae": "CPA-VAE", "conditional_vae": "Conditional VAE",
@@ -25,14 +25,14 @@ BAR_LABELS = {"sams_vae": "SAMS-VAE", "cpa_vae": "CPA-VAE", "conditional_vae": "
 
 
 def label(family: str, encoding: str | None = None, short: bool = False) -> str:
-    text = (BAR_LABELS if short else FAMILY_LABELS).get(family, family)
+    text = BAR_LABELS.get(family, family) if short else family_card(family)["label"]
     if encoding == "unique":
         text += " (unique)"
     return text
 
 
 def colour(family: str):
-    return FAMILY_COLOURS.get(family, "#444444")
+    return family_card(family)["colour"] or "#444444"
 
 
 def _no_data(ax, text="no runs with this metric"):

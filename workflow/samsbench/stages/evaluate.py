@@ -136,7 +136,10 @@ def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
-        table = metrics.normalised_scores(table)
+        from samsbench import models as registry
+
+        families = set(table["family"].dropna().astype(str)) - {""}
+        table = metrics.normalised_scores(table, registry.roles(families))
     sbio.write_tsv(table, out_path)
     return table
 

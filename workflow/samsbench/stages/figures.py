@@ -147,7 +147,8 @@ def paper_norman(metrics_path: str, settings: list[dict], options: dict, outputs
     layers["selected"] = [chosen.get((f, e)) == n for f, e, n in
                           zip(layers["family"], layers["encoding"], layers["n_layers"])]
     sbio.write_tsv(layers, outputs["layers_tsv"])
-    _table_png(paper.layer_display(layers, chosen, pe.FAMILY_LABELS), outputs["layers_png"],
+    labels = {f: pe.family_label(f) for f in set(layers["family"])}
+    _table_png(paper.layer_display(layers, chosen, labels), outputs["layers_png"],
               f"Validation IWELBO by n_layers at fraction {paper.largest_fraction(runs):g} "
               "(mean ± sd over split seeds)", note="* n_layers used in the main table and figures")
 

@@ -55,7 +55,6 @@ def experiment_plan(config: dict, experiment: str, table: pd.DataFrame, device: 
     """Runs, steps and device-hours per family of one experiment on one device."""
     from samsbench import config as sbconfig
     from samsbench import models as registry
-    from samsbench.models.base import MeanEffectModel
 
     if experiment not in config["experiments"]:
         raise ValueError(f"unknown experiment {experiment!r}; config has "
@@ -67,7 +66,7 @@ def experiment_plan(config: dict, experiment: str, table: pd.DataFrame, device: 
     for run in sbconfig.runs(config, experiment):
         family = run["family"]
         cls = registry.resolve(family)
-        steps = 0 if issubclass(cls, MeanEffectModel) else max_steps
+        steps = max_steps if cls.trains_by_gradient else 0
         row = families.setdefault(family, {"family": family, "runs": 0, "steps": 0})
         row["runs"] += 1
         row["steps"] += steps

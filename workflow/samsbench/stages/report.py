@@ -21,13 +21,13 @@ import pandas as pd
 from samsbench import io as sbio
 from samsbench import provenance
 # lower is better for these; every other metric (and every normalised score) is higher-better
-from samsbench.metrics import LOWER_IS_BETTER
-# The metrics of the leaderboard, in this order, each on the subset it is reported on.
-LEADERBOARD_METRICS = [("test_iwelbo", "test"), ("ate_pearson", "test"), ("ate_r2", "test"),
-                       ("ate_pearson_top20", "test"), ("ate_r2_top20", "test"),
-                       ("pearson_delta", "test"), ("pearson_delta_perturbed", "test"),
-                       ("effect_rmse", "test"), ("direction_agreement_top20", "test"),
-                       ("discrimination_rank", "test"), ("centroid_accuracy", "test")]
+from samsbench import metrics as sbmetrics
+
+
+def leaderboard_metrics() -> list[tuple[str, str]]:
+    """(metric, subset) columns of the leaderboard: the test IWELBO, then every registry
+    metric whose entry asks for a column (metrics.Metric.leaderboard)."""
+    return [("test_iwelbo", "test")] + [(m, "test") for m in sbmetrics.leaderboard_metrics()]
 
 
 def undefined_reason(metric: str, family: str, short: bool = False) -> str:
@@ -51,11 +51,12 @@ MAX_SPLITS = 4
 MAX_COST_MODELS = 20
 
 
-def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
+def leaderboard(metrics: pd.DataFrame, roles: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per model x split x metric: seeds, mean, sd (and the normalised score's when
     metrics.tsv has a ``normalised`` column), the direction, whether it is the column's best,
     and the reason when the metric is undefined for the model. With more than ``MAX_SPLITS``
-    splits the split reads ``all`` and the statistics pool every split and seed."""
+    splits the split reads ``all`` and the statistics pool every split and seed. ``roles``
+    ({family: role}, default from the model registry): a ceiling is never the column's best."""
     has_norm = "normalised" in metrics.columns
     if metrics["split"].nunique() > MAX_SPLITS:
         metrics = metrics.assign(split="all")
@@ -63,7 +64,7 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     models = metrics[["model", "family"]].drop_duplicates("model")
     for split in sorted(metrics["split"].astype(str).unique()):
         for model, family in zip(models["model"], models["family"]):
-            for metric, subset in LEADERBOARD_METRICS:
+            for metric, subset in leaderboard_metrics():
                 part = metrics[(metrics["model"] == model) & (metrics["split"].astype(str) == split)
                                & (metrics["metric"] == metric) & (metrics["subset"] == subset)]
                 values = part["value"].astype(float).dropna()
@@ -71,7 +72,7 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
                        "subset": subset, "seeds": len(values),
                        "mean": values.mean() if len(values) else math.nan,
                        "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
-                       "higher_is_better": metric not in LOWER_IS_BETTER}
+                       "higher_is_better": not sbmetrics.lower_is_better(metric)}
                 if has_norm:
                     norm = part["normalised"].astype(float).dropna()
                     row["normalised_mean"] = norm.mean() if len(norm) else math.nan
@@ -83,19 +84,22 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
         return table
     # drop metrics no model has (e.g. IWELBO in an experiment of baselines only)
     table = table[table.groupby("metric")["seeds"].transform("max") > 0].reset_index(drop=True)
-    table["best"] = _best(table, "mean")
+    if roles is None:
+        from samsbench import models as registry
+
+        roles = registry.roles(set(table["family"].dropna().astype(str)) - {""})
+    # the ceiling is what the normalised scores divide by, not a contender
+    ceilings = {f for f, role in roles.items() if role == "ceiling"}
+    table["best"] = _best(table, "mean", ceilings)
     if has_norm:
-        table["normalised_best"] = _best(table.assign(higher_is_better=True), "normalised_mean")
+        table["normalised_best"] = _best(table.assign(higher_is_better=True), "normalised_mean",
+                                         ceilings)
     return table
 
 
-# The replicate is the ceiling the normalised scores divide by, not a contender.
-CEILING_FAMILIES = {"replicate"}
-
-
-def _best(table: pd.DataFrame, column: str) -> pd.Series:
+def _best(table: pd.DataFrame, column: str, ceilings: set[str]) -> pd.Series:
     best = pd.Series(False, index=table.index)
-    contenders = table[~table["family"].isin(CEILING_FAMILIES)]
+    contenders = table[~table["family"].isin(ceilings)]
     for (_, _), part in contenders.groupby(["split", "metric"]):
         values = part[column].astype(float)
         if values.notna().any():
@@ -202,7 +206,7 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
     normalised = {m for m in metrics if has_norm and
                   table.loc[table["metric"] == m, "normalised_mean"].notna().any()}
     for m in metrics:
-        arrow = "↓" if m in LOWER_IS_BETTER else "↑"
+        arrow = "↓" if sbmetrics.lower_is_better(m) else "↑"
         header.append(f"{m} {arrow}")
         tips.append(f"{m} on the test subset, mean ± sd over seeds; {arrow} = better")
         if m in normalised:
