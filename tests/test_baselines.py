@@ -194,3 +194,18 @@ def test_baseline_hyperparameters_are_typed_and_scoped_to_their_family():
         build("replicate", 3, ["A"], {"replicate_seed": "one"})
     with pytest.raises(HyperparameterError, match="train_mean: unknown hyperparameter"):
         build("train_mean", 3, ["A"], {"replicate_seed": 1})
+
+
+def test_one_label_mean_in_float64_for_baselines_replicate_and_scorer(tmp_path):
+    # TensorData.label_means (the baselines, the replicate) equals the scorer's
+    # metrics.perturbation_means, both float64
+    adata = _counts_dataset(tmp_path / "data.h5ad")
+    pd.DataFrame({"cell_id": adata.obs_names, "split": ["train"] * 28}).to_csv(
+        tmp_path / "split.tsv", sep="\t", index=False)
+    data = train_stage.load_data(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"))
+    scorer = metrics.perturbation_means(adata)
+    for means in (data.label_means("train"), data.label_means(rows=np.arange(28))):
+        assert set(means) == set(scorer.index)
+        for label, row in means.items():
+            assert row.dtype == np.float64
+            np.testing.assert_allclose(row, scorer.loc[label].to_numpy(), rtol=0, atol=1e-12)

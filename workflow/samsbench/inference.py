@@ -413,7 +413,7 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     inv_train = inverse_counts(data.dose_counts("train"))
     key = fingerprint(RESUME_FORMAT, family, hparams, cfg, seed, data.genes, data.columns,
                       n_train)
-    resume_path = os.path.join(run_dir, "resume.pt")
+    resume_path = sbio.run_file(run_dir, "resume")
     state = {"step": 0, "perm": None, "pos": 0, "best_val": math.inf, "best_step": -1,
              "best_state": None, "history": [], "elapsed": 0.0,
              "train_sums": [0.0] * (1 + len(LOSS_PARTS)), "train_n": 0}

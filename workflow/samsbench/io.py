@@ -26,12 +26,15 @@ FLOAT_FORMAT = "%.10g"
 RUN_DIR = "{results}/{experiment}/runs/{model}/{split}/seed{seed}"
 # cell-eval's predicted.h5ad and real.h5ad of a run (rule export_cell_eval, on demand)
 CELL_EVAL_DIR = "{results}/{experiment}/cell_eval/{model}/{split}/seed{seed}"
-BENCHMARK_FILE = "{results}/{experiment}/benchmarks/{step}/{model}/{split}/seed{seed}.tsv"
+# A job's benchmark TSV, under an experiment's benchmark folder.
+BENCHMARK_RUN = "{step}/{model}/{split}/seed{seed}.tsv"
+BENCHMARK_FILE = "{results}/{experiment}/benchmarks/" + BENCHMARK_RUN
 # Files of a run directory, by role.
 RUN_FILES = {
     "model": "model.pt",
     "history": "history.tsv",
     "summary": "summary.json",
+    "resume": "resume.pt",  # the training state at the last validation (inference.train)
     "latents": "perturbation_latents.h5ad",
     "predictions": "predictions.h5ad",
     "metrics": "metrics.tsv",
@@ -67,6 +70,12 @@ def benchmark_file(results: str, experiment: str, step: str, model: str, split: 
                                  model=model, split=split, seed=seed)
 
 
+def run_benchmark(benchmark_root: str | os.PathLike, step: str, run: dict) -> str:
+    """A run's benchmark TSV of one step under an experiment's benchmarks folder."""
+    return os.path.join(benchmark_root, BENCHMARK_RUN.format(
+        step=step, model=run["model"], split=run["split"], seed=run["seed"]))
+
+
 def read_summary(run_dir: str | os.PathLike) -> dict | None:
     """A run's summary.json (written by the train step), or None when there is none."""
     path = run_file(run_dir, "summary")
@@ -100,13 +109,21 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file
+        usual_permissions(tmp)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """mkstemp creates files readable by the owner only; a finished file gets what the umask
+    gives an ordinary new file, so that colleagues on a shared cluster can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -31,13 +31,13 @@ import http.client
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from samsbench import io as sbio
 from samsbench.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -174,28 +174,13 @@ def record_checksum(
         row = rows.get(name) or {"file": name, "note": note}
         row.update(sha256=sha256, size=str(size), url=row.get("url") or url)
         rows[name] = row
-        fd, tmp = tempfile.mkstemp(prefix=".checksums.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                writer = csv.DictWriter(
-                    handle, fieldnames=CHECKSUM_COLUMNS, delimiter="\t", lineterminator="\n"
-                )
-                writer.writeheader()
-                for value in rows.values():
-                    writer.writerow({col: value.get(col) or "" for col in CHECKSUM_COLUMNS})
-            _usual_permissions(tmp)
-            os.replace(tmp, tsv)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
-def _usual_permissions(path: str) -> None:
-    # mkstemp creates files readable by the owner only; a finished file gets what the umask
-    # gives an ordinary new file, so that colleagues on a shared cluster can read it.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+        with sbio.atomic_path(tsv) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=CHECKSUM_COLUMNS, delimiter="\t", lineterminator="\n"
+            )
+            writer.writeheader()
+            for value in rows.values():
+                writer.writerow({col: value.get(col) or "" for col in CHECKSUM_COLUMNS})
 
 
 # ----------------------------------------------------------------------------- checks
@@ -480,38 +465,34 @@ def download(
     kind = file_kind(out)
     failures = []
     limits = _Limits(name, deadline, min_rate, rate_window)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out.parent)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # marks it as in use (remove_stale_parts)
-    try:
-        with os.fdopen(fd, "wb") as sink, _removed_on_sigterm():
-            for url in urls:
-                log.info("downloading %s from %s", out, url)
-                try:
-                    got_sha, size, size_verified = _fetch(
-                        url, sink, kind, retries, backoff, timeout, chunk_size, limits
-                    )
-                    if expected is not None and got_sha != expected:
-                        raise _UrlFailed(f"sha256 mismatch: expected {expected}, got {got_sha}")
-                    if known_size is not None and size != known_size:
-                        raise _UrlFailed(f"size mismatch: expected {known_size} bytes, got {size}")
-                except _UrlFailed as exc:
-                    log.warning("%s: %s", url, exc)
-                    failures.append(f"{url}: {exc}")
-                    continue
-                break
-            else:
-                detail = "\n  ".join(failures)
-                note = f"\n  the existing {out} was left as it was" if kept else ""
-                raise DownloadError(
-                    f"could not download {name} from {len(urls)} URL(s):\n  {detail}{note}"
+    # io's atomic writer: a temporary '.{name}.*.part' beside the file, renamed over it
+    # once every check passed, removed on an error or SIGTERM; locked while in use
+    # (remove_stale_parts leaves a locked part alone)
+    with sbio.atomic_path(out, suffix=".part") as tmp, open(tmp, "wb") as sink, \
+            _removed_on_sigterm():
+        fcntl.flock(sink.fileno(), fcntl.LOCK_EX)
+        for url in urls:
+            log.info("downloading %s from %s", out, url)
+            try:
+                got_sha, size, size_verified = _fetch(
+                    url, sink, kind, retries, backoff, timeout, chunk_size, limits
                 )
-            sink.flush()
-            os.fsync(sink.fileno())
-        _usual_permissions(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                if expected is not None and got_sha != expected:
+                    raise _UrlFailed(f"sha256 mismatch: expected {expected}, got {got_sha}")
+                if known_size is not None and size != known_size:
+                    raise _UrlFailed(f"size mismatch: expected {known_size} bytes, got {size}")
+            except _UrlFailed as exc:
+                log.warning("%s: %s", url, exc)
+                failures.append(f"{url}: {exc}")
+                continue
+            break
+        else:
+            detail = "\n  ".join(failures)
+            note = f"\n  the existing {out} was left as it was" if kept else ""
+            raise DownloadError(
+                f"could not download {name} from {len(urls)} URL(s):\n  {detail}{note}"
+            )
+        sink.flush()
     log.info("downloaded %s (%d bytes, sha256 %s) from %s", out, size, got_sha, url)
     trusted = expected is not None or size_verified
     if checksums_tsv is not None and known_sha is None and trusted:

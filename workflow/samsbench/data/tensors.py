@@ -188,15 +188,18 @@ class PerturbationData:
         var = ((total_sq - n * mean * mean) / (n - 1)).clamp_min(0)
         return mean.float(), var.sqrt().float()
 
-    def label_means(self, name: str, chunk_rows: int = 8192) -> dict[str, np.ndarray]:
-        """Mean log2(CP10k+1) per label over the cells of a split (for the baselines)."""
+    def label_means(self, name: str | None = None, rows=None,
+                    chunk_rows: int = 8192) -> dict[str, np.ndarray]:
+        """Mean log2(CP10k+1) per label over the cells of a split (``name``) or of ``rows``
+        (the baselines and the replicate), in float64 like the scorer
+        (metrics.perturbation_means)."""
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
-        idx = np.flatnonzero(self.split == name)
+        idx = np.flatnonzero(self.split == name) if rows is None else np.asarray(rows)
         for start in range(0, len(idx), chunk_rows):
             rows = idx[start : start + chunk_rows]
-            x = self.X[torch.from_numpy(rows).to(self.device)]
-            y = log2_cp10k(x).double().cpu().numpy()
+            x = self.X[torch.from_numpy(rows).to(self.device)].double()
+            y = log2_cp10k(x).cpu().numpy()
             for label in np.unique(self.labels[rows]):
                 sel = self.labels[rows] == label
                 sums[label] = sums.get(label, 0) + y[sel].sum(0)

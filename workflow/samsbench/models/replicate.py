@@ -14,11 +14,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from samsbench.models.base import MeanEffectModel
 from samsbench.models.hparams import Hyperparameters
-from samsbench.nn import log2_cp10k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,18 +58,7 @@ class Replicate(MeanEffectModel):
         predicting = split_halves(data.labels, self.seed)
         if data.control not in set(data.labels[predicting]):
             raise ValueError("replicate needs at least two control cells")
-        sums: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
-        rows = np.flatnonzero(predicting)
-        for start in range(0, len(rows), 8192):
-            block = rows[start : start + 8192]
-            x = data.X[torch.from_numpy(block).to(data.device)].double()  # as the scorer
-            y = log2_cp10k(x).cpu().numpy()
-            for label in np.unique(data.labels[block]):
-                sel = data.labels[block] == label
-                sums[label] = sums.get(label, 0) + y[sel].sum(0)
-                counts[label] = counts.get(label, 0) + int(sel.sum())
-        self.means = {label: sums[label] / counts[label] for label in sums}
+        self.means = data.label_means(rows=np.flatnonzero(predicting))
         self.truth_rows = np.flatnonzero(~predicting)
         self.control_label = data.control
 

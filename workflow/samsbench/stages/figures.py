@@ -5,7 +5,6 @@ written through samsbench.io."""
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from pathlib import Path
@@ -270,16 +269,12 @@ def runtime_table(run_settings: list[dict], benchmark_root: str,
     rows = []
     for run in run_settings:
         row = {"family": run["family"], "model": run["model"]}
-        summary_path = sbio.run_file(run["dir"], "summary")
-        if os.path.exists(summary_path):
-            with open(summary_path) as fh:
-                summary = json.load(fh)
+        summary = sbio.read_summary(run["dir"])
+        if summary is not None:
             row["steps"] = summary.get("steps")
             row["steps_per_second"] = summary.get("timing", {}).get("steps_per_second")
         for step in steps:
-            path = os.path.join(benchmark_root, step, run["model"], run["split"],
-                                f"seed{run['seed']}.tsv")  # the layout of io.BENCHMARK_FILE
-            for found in glob.glob(path):
+            for found in glob.glob(sbio.run_benchmark(benchmark_root, step, run)):
                 bench = pd.read_csv(found, sep="\t")
                 row[f"{step}_seconds"] = float(bench["s"].iloc[0])
                 if "max_rss" in bench:

@@ -13,7 +13,6 @@ import glob
 import html
 import json
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -113,10 +112,9 @@ def cost_table(runs: list[dict], benchmark_root: str, steps=("train", "evaluate"
     (MB, max over jobs) from Snakemake's benchmark files; steps/s from the run's summary.json."""
     rows = []
     for run in runs:
-        summary = _read_json(sbio.run_file(run["dir"], "summary"))
+        summary = sbio.read_summary(run["dir"]) or {}
         for step in steps:
-            path = os.path.join(benchmark_root, step, run["model"], run["split"],
-                                f"seed{run['seed']}.tsv")  # io.BENCHMARK_FILE's layout
+            path = sbio.run_benchmark(benchmark_root, step, run)
             row = {"model": run["model"], "family": run["family"], "step": step,
                    "seconds": math.nan, "max_rss_mb": math.nan, "steps_per_second": math.nan}
             for found in glob.glob(path):
@@ -138,13 +136,6 @@ def cost_table(runs: list[dict], benchmark_root: str, steps=("train", "evaluate"
         seconds_mean=("seconds", "mean"), seconds_total=("seconds", lambda s: s.sum(min_count=1)),
         max_rss_mb=("max_rss_mb", "max"), steps_per_second=("steps_per_second", "mean"))
     return out.reset_index()
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        return json.load(fh)
 
 
 def experiment_provenance(resolved: dict, dataset_path: str, split_paths: dict,
