@@ -69,3 +69,13 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     # identity columns filled from the run's own summary.json
     assert set(metrics["model"]) == {"sams_vae"} and set(metrics["family"]) == {"sams_vae"}
     assert {"ate_pearson", "test_iwelbo"} <= set(metrics["metric"])
+    # prepare, enrich and plan read the packaged defaults (no config.yaml here)
+    _run([exe, "prepare", "--dataset", "simulated", "--out", "prepared.h5ad"], cwd=work)
+    assert (work / "prepared.h5ad").stat().st_size > 0
+    enriched = _run([exe, "enrich", "--experiment", "simulated", "--run", "run", "--dataset",
+                     "data.h5ad", "--gene-sets", "programs", "--recovery-library", "programs",
+                     "--out", "enriched"], cwd=work)
+    assert "complex recovery" in enriched.stdout
+    assert (work / "enriched" / "complex_recovery.tsv").exists()
+    planned = _run([exe, "plan", "--run", "simulated", "--device", "cpu"], cwd=work)
+    assert "sams_vae" in planned.stdout

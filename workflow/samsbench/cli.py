@@ -88,11 +88,7 @@ def _prepare(args):
     from samsbench import config as sbconfig
     from samsbench.stages import data
 
-    cfg = sbconfig.load(args.config or "config.yaml")
-    if args.dataset not in cfg["datasets"]:
-        raise ValueError(f"unknown dataset {args.dataset!r}; config defines {sorted(cfg['datasets'])}")
-    block = cfg["datasets"][args.dataset]
-    data.prepare(block, data.required_inputs(block), args.out)
+    data.prepare_dataset(sbconfig.load_or_packaged(args.config), args.dataset, args.out)
     return 0
 
 
@@ -104,24 +100,17 @@ def _split(args):
     return 0
 
 
-def _load_config(path):
-    from samsbench import config as sbconfig
-
-    # no --config: the packaged paper constants, so `train` works from any directory
-    return sbconfig.load(path) if path else sbconfig.packaged_defaults()
-
-
 def _train(args):
     import yaml
 
     from samsbench import config as sbconfig
     from samsbench.stages import train
 
-    cfg = _load_config(args.config)
-    hp, training = sbconfig.resolve_training_run(cfg, args.experiment, args.model,
-                                                 args.set or [])
-    if args.max_steps is not None:
-        training["max_steps"] = args.max_steps
+    # no --config: the packaged paper constants, so `train` works from any directory
+    cfg = sbconfig.load(args.config) if args.config else sbconfig.packaged_defaults()
+    hp, training, identity = train.resolve_run(cfg, args.experiment, args.model, args.set or [],
+                                               args.split_name, args.data, args.max_steps,
+                                               args.splits)
     if args.threads:
         train.set_threads(args.threads)
     source = (f"{args.config}, experiment {args.experiment}" if args.experiment else
@@ -130,10 +119,6 @@ def _train(args):
           + (f", with {' '.join(args.set)}" if args.set else ""), file=sys.stderr)
     print(yaml.safe_dump({"hyperparameters": hp, "training": training}, sort_keys=True),
           file=sys.stderr)
-    dataset = (cfg["experiments"][args.experiment]["dataset"] if args.experiment else "")
-    identity = {"experiment": args.experiment or "", "model": args.model,
-                "family": hp["family"], "split": args.split_name, "dataset": dataset or
-                _stem(args.data)}
     summary = train.train(args.data, args.splits, hp, training, args.out, args.seed,
                           device=args.device, identity=identity)
     summary.pop("provenance", None)  # in summary.json; too long for the terminal
@@ -141,21 +126,13 @@ def _train(args):
     return 0
 
 
-def _stem(path: str) -> str:
-    import os
-
-    return os.path.basename(path).split(".")[0]
-
-
 def _evaluate(args):
     from samsbench import io as sbio
     from samsbench.stages import evaluate
 
-    # identity columns: the run's own summary.json, unless given on the command line
-    recorded = evaluate.run_identity(args.run)
-    given = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
-             "family": args.family, "split": args.split_name, "seed": args.seed}
-    run = {k: v if v not in ("", None) else recorded.get(k, "") for k, v in given.items()}
+    run = evaluate.resolve_identity(args.run, {
+        "experiment": args.experiment, "dataset": args.dataset, "model": args.name,
+        "family": args.family, "split": args.split_name, "seed": args.seed})
     if args.threads:
         from samsbench.stages import train
 
@@ -199,7 +176,7 @@ def _enrich(args):
     from samsbench import config as sbconfig
     from samsbench.stages import enrich
 
-    cfg = sbconfig.load(args.config or "config.yaml")
+    cfg = sbconfig.load_or_packaged(args.config)
     tables = enrich.run_from_config(
         cfg, args.experiment, args.run, args.dataset, args.out,
         gene_sets=args.gene_sets, threshold=args.threshold, min_set_size=args.min_set_size,
@@ -252,8 +229,9 @@ def _config_options(p, experiment=True, optional=False):
                        help="config.yaml to read (validated); default: the packaged paper "
                        "constants (model_defaults), so the command works from any directory")
     else:
-        p.add_argument("--config", default="config.yaml",
-                       help="config.yaml to read (validated; default ./config.yaml)")
+        p.add_argument("--config", default=None,
+                       help="config.yaml to read (validated; default ./config.yaml, else the "
+                       "packaged defaults, so the command works from any directory)")
     if experiment:
         p.add_argument("--experiment", default=None if optional else "simulated",
                        help="experiment of the config whose settings apply" +
@@ -302,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(sams_vae, cpa_vae, conditional_vae, svae_plus, ...)")
     p.add_argument("--data", required=True, help="prepared dataset h5ad")
     p.add_argument("--splits", required=True, help="split TSV")
-    p.add_argument("--split-name", default="", help="the split's name, recorded in summary.json")
+    p.add_argument("--split-name", default="",
+                   help="the split's name, recorded in summary.json (default: the split "
+                   "file's stem)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a training setting (max_steps=500, lr=1e-3) or a "

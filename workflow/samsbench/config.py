@@ -178,6 +178,14 @@ def packaged_defaults() -> dict:
     return validate({"run": [], **block})
 
 
+def load_or_packaged(path: str | None) -> dict:
+    """The config a command reads: ``path`` when given, else ./config.yaml when there is one
+    (a checkout), else the packaged defaults (any directory)."""
+    if path is None and not os.path.exists("config.yaml"):
+        return packaged_defaults()
+    return load(path or "config.yaml")
+
+
 def step_defaults(step: str) -> dict:
     """The schema's defaults of an experiment's ``training`` or ``evaluation`` block."""
     experiment = load_schema()["properties"]["experiments"]["additionalProperties"]
@@ -283,6 +291,15 @@ def check_hyperparameters(config: dict) -> None:
             trained.add(model)
     for model in set(config["models"]) - trained:
         model_hyperparameters(config, None, model)
+
+
+def fitted_models(config: dict) -> list[str]:
+    """Models whose family fits without gradient training (the baselines and the ceiling):
+    the workflow trains and evaluates each such run in one job, a second of work."""
+    from samsbench import models as registry
+
+    return sorted(name for name, block in config["models"].items()
+                  if not registry.resolve(block["family"]).trains_by_gradient)
 
 
 def model_seeds(exp: dict, model: str) -> list[int]:

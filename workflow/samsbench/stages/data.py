@@ -184,6 +184,15 @@ def required_inputs(dataset_cfg: dict) -> list[str]:
     return [f"{DOWNLOAD_DIR}/{name}"] if name else []
 
 
+def prepare_dataset(config: dict, dataset: str, out) -> None:
+    """Prepare a dataset named in ``config`` (`samsbench prepare`); the rule calls
+    ``prepare`` with the block and the inputs Snakemake resolved."""
+    if dataset not in config["datasets"]:
+        raise ValueError(f"unknown dataset {dataset!r}; config defines {sorted(config['datasets'])}")
+    block = config["datasets"][dataset]
+    prepare(block, required_inputs(block), out)
+
+
 def prepare(dataset_cfg: dict, inputs: list[str], out_path) -> None:
     """Write the contract file of one dataset to ``out_path``."""
     found = reader(dataset_cfg)

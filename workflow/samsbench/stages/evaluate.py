@@ -129,6 +129,13 @@ def _tidy(run: dict, table: pd.DataFrame, out_path: str | None) -> pd.DataFrame:
     return table
 
 
+def resolve_identity(run_dir: str, given: dict) -> dict:
+    """A run's identity columns: each value given (the command line's), else the run's own
+    summary.json's."""
+    recorded = run_identity(run_dir)
+    return {k: v if v not in ("", None) else recorded.get(k, "") for k, v in given.items()}
+
+
 def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
     """An experiment's metrics: every run's rows, with the normalised score beside the raw
     value (metrics.normalised_scores; issue 13)."""

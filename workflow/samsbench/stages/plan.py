@@ -123,16 +123,16 @@ def format_plan(plan: dict, gpus: int, pack: int, pack_gain: float = 1.0) -> str
     return "\n".join(lines)
 
 
-def print_plans(config_path: str, experiments=None, gpus: int = 1, pack: int | None = None,
-                pack_gain: float = 1.0, device: str | None = None,
+def print_plans(config_path: str | None, experiments=None, gpus: int = 1,
+                pack: int | None = None, pack_gain: float = 1.0, device: str | None = None,
                 speed_table: str | None = None) -> int:
     """Print the plan of each experiment (default: the config's run list) per device."""
     from samsbench import config as sbconfig
 
-    config = sbconfig.load(config_path)
+    config = sbconfig.load_or_packaged(config_path)
     table = load_speed_table(speed_table)
     pack = pack or int((config.get("cluster") or {}).get("runs_per_gpu", 1))
-    for experiment in experiments or list(config["run"]):
+    for experiment in experiments or list(config["run"]) or list(config["experiments"]):
         for dev in [device] if device else ["cuda", "cpu"]:
             plan = experiment_plan(config, experiment, table, dev)
             print(format_plan(plan, gpus, pack, pack_gain))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 
 import anndata as ad
@@ -31,6 +32,29 @@ def pick_device(name: str = "auto") -> torch.device:
             raise RuntimeError("device: cuda was asked for but no CUDA device is visible")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def resolve_run(config: dict, experiment: str | None, model: str, overrides=(),
+                split: str = "", data_path: str = "", max_steps: int | None = None,
+                split_path: str = ""):
+    """(hyperparameters, training, identity) of one run as `samsbench train` starts it: the
+    experiment's settings (or the config's model_defaults), then each ``key=value`` override
+    (config.resolve_training_run); the identity recorded in summary.json (the dataset and
+    split named by their files' stems unless given)."""
+    from samsbench import config as sbconfig
+
+    hp, training = sbconfig.resolve_training_run(config, experiment, model, overrides)
+    if max_steps is not None:
+        training["max_steps"] = max_steps
+    dataset = config["experiments"][experiment]["dataset"] if experiment else ""
+    identity = {"experiment": experiment or "", "model": model, "family": hp["family"],
+                "split": split or _stem(split_path),
+                "dataset": dataset or _stem(data_path)}
+    return hp, training, identity
+
+
+def _stem(path: str) -> str:
+    return os.path.basename(path).split(".")[0]
 
 
 def load_data(data_path: str, split_path: str, encoding: str = "additive",
