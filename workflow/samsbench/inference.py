@@ -2,7 +2,7 @@
 
 The minibatch ELBO charges each perturbation's global ``log p - log q`` to its cells with weight
 ``1 / N_t`` (N_t = cells of the split being evaluated with a dose of t), so summed over a
-split every observed perturbation's global term counts once (models.md §3.1). The engine asks
+split every observed perturbation's global term counts once (the reference's perturbation-plated reweighting). The engine asks
 the model what it is (``trains_by_gradient``, ``has_likelihood``, ``global_parameters``,
 ``after_step``; models/base.py), never its class or its parameters' names.
 
@@ -203,7 +203,7 @@ def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> di
 @unchecked_distributions()
 def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> float:
     """Held-out IWELBO: 100 global samples drawn once and shared over the split; global priors
-    are not scored (models.md §5.1)."""
+    are not scored (as the reference's predictive IWELBO)."""
     torch.manual_seed(seed)
     index = data.split_index(split)
     if len(index) == 0:
@@ -223,7 +223,7 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
 def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 128,
                     library_size: float = 1e4, seed: int = 0,
                     log_normalize: bool = True) -> np.ndarray:
-    """Mean log2(CP10k+1) of sampled counts per perturbation (models.md §5.3): fresh prior
+    """Mean log2(CP10k+1) of sampled counts per perturbation (the reference's model ATE estimator): fresh prior
     local latents per condition, globals shared within a chunk of particles, fixed seed. A
     model without a likelihood predicts its means directly. ``log_normalize=False`` averages
     the samples themselves (continuous data)."""

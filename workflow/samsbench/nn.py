@@ -1,4 +1,4 @@
-"""Building blocks shared by every model family (models.md §1).
+"""Building blocks shared by every model family (the reference's encoders, decoders and likelihoods).
 
 The residual LeakyReLU trunk, Gaussian heads with the variance floor, the observation
 likelihoods and the straight-through Gumbel-sigmoid Bernoulli. Encoders whose input is a
@@ -82,7 +82,7 @@ class GaussianEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Trunk and an observation likelihood (models.md §1.4).
+    """Trunk and an observation likelihood.
 
     ``log_prob(h_in, x, library, x_terms)`` returns log p(x | ·) summed over genes, shape
     ``h_in.shape[:-1]``. ``x_terms`` holds the particle-independent part of the negative

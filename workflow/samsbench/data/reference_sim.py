@@ -1,4 +1,4 @@
-"""Data like the reference's own SAMS-VAE simulator (models.md §8.1), as a contract dataset.
+"""Data like the reference's own SAMS-VAE simulator (its simulate_data_sams_vae), as a contract dataset.
 
 The reference draws masks ~ Bernoulli(2/15), effects of magnitude N(5, 0.5) with random signs,
 K = 15 latent dims, T = 100 perturbations, G = 100 genes, a 4 x 50 LeakyReLU(0.2) decoder with
@@ -78,7 +78,7 @@ def simulate_reference(n_train: int = 200, n_val: int = 50, n_test: int = 50, K:
     if n_control == 0:
         adata.uns[NO_CONTROLS_KEY] = True
     adata.uns["simulation"] = {
-        "generator": "reference_sams_vae (models.md 8.1)",
+        "generator": "reference_sams_vae (simulate_data_sams_vae)",
         "seed": seed,
         "perturbations": np.array(names, dtype=object),
         "true_mask": mask.numpy(),

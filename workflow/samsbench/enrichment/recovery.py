@@ -46,7 +46,7 @@ def mask_stats(true_mask: np.ndarray, mask_prob: np.ndarray, threshold: float = 
     (T x K_true) mask, and the AUROC of the matched probabilities against the true entries.
 
     ``matching`` chooses what the learned columns are matched on: ``"mask"`` is the reference's
-    convention (models.md §8.3: co-occurrence of the true and the thresholded masks), and
+    convention (the reference's get_mask_stats: co-occurrence of the true and the thresholded masks), and
     ``"probability"`` ours (co-occurrence of the true mask with q(mask), so that a model with no
     entry above the threshold still gets a meaningful assignment for the AUROC). Both give the
     same columns when q is close to 0/1; on a dense q they can differ, and so can every score.

@@ -169,7 +169,7 @@ class ShiftModel(LatentModel):
     ``z_basal ~ N(0, I)`` and a per-cell ``shift = D @ (per-perturbation latent)``.
 
     The basal encoder reads the normalised counts and, unless ``mean_field_encoder``, the
-    sampled shift (models.md §2.1); a cell's context is its shift, (P, n, K).
+    sampled shift (as in SAMS-VAE); a cell's context is its shift, (P, n, K).
     """
 
     Hyperparameters = ShiftHyperparameters

@@ -1,4 +1,4 @@
-"""Conditional VAE (models.md §2.4): the decoder reads [z, d]; q(z | x, d); no global latents."""
+"""Conditional VAE (the reference's ConditionalVAEModel): the decoder reads [z, d]; q(z | x, d); no global latents."""
 
 from __future__ import annotations
 

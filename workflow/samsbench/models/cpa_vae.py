@@ -1,4 +1,4 @@
-"""CPA-VAE (models.md §2.3): a SAMS-VAE without mask, z = z_basal + D @ E."""
+"""CPA-VAE (the reference's CPAVAEModel): a SAMS-VAE without mask, z = z_basal + D @ E."""
 
 from __future__ import annotations
 

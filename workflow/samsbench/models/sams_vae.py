@@ -1,4 +1,4 @@
-"""SAMS-VAE (models.md §2.1): z = z_basal + D @ (M * E), with a sparse mask M and embedding E.
+"""SAMS-VAE (Bereket & Karaletsos 2023): z = z_basal + D @ (M * E), with a sparse mask M and embedding E.
 
 Guides: ``sams_vae`` (correlated: q(E | M) from an MLP on the sampled mask row and the one-hot
 perturbation) and ``sams_vae_mean_field`` (independent free q(M), q(E)).

@@ -1,4 +1,4 @@
-"""SVAE+ (Lopez et al. 2022; models.md §2.5): z ~ N(M_t * mu_t, I) for a cell of perturbation t.
+"""SVAE+ (Lopez et al. 2022, as the reference re-implements it): z ~ N(M_t * mu_t, I) for a cell of perturbation t.
 
 The mask probabilities are MAP estimates (a point mass) under a Beta(c1, c2) prior; mu is a
 learned parameter, not a latent. Dosages must be one-hot, so combinations are encoded as their

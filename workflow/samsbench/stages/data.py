@@ -50,7 +50,7 @@ def _simulate(block, _input, out):
 
 
 def _reference_sim(block, _input, out):
-    """Data like the reference's own Gaussian simulator (models.md §8.1): continuous values,
+    """Data like the reference's own Gaussian simulator (its simulate_data_sams_vae): continuous values,
     no control cells, a planted mask (docs/mask_recovery.md)."""
     from samsbench.data.reference_sim import reference_dataset
 

@@ -100,7 +100,7 @@ def score(run: dict, data_path: str, split_path: str, predictions_path: str,
 
 def effect_metrics_skip_reason(data_path: str) -> str | None:
     """Why the ATE metrics cannot be computed on a dataset, or None. They are defined on
-    log-normalised counts against the control mean (data_and_evaluation.md §5)."""
+    log-normalised counts against the control mean (the reference's eval.py)."""
     meta = ad.read_h5ad(data_path, backed="r")  # obs and uns only; X stays on disk
     try:
         if contract.value_kind(meta) == "continuous":
