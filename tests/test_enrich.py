@@ -415,6 +415,18 @@ def test_run_tables_merge_and_figures(kegg, tmp_path):
     stage.merge({k: [paths["sams"][k], paths["base"][k]] for k in stage.TABLES}, merged_paths)
     merged = pd.read_csv(merged_paths["complex_recovery"], sep="\t")
     assert len(merged) == 4 and list(merged.columns) == stage.RECOVERY_COLUMNS
+    # the workflow's one job per experiment (run_experiment) writes the same tables
+    gmts = []
+    for name, sets in libraries.items():
+        gmts.append(tmp_path / "gmt" / f"{name}.gmt")
+        gmts[-1].parent.mkdir(exist_ok=True)
+        gmts[-1].write_text("".join(f"{term}\t\t" + "\t".join(sorted(genes)) + "\n"
+                                    for term, genes in sets.items()))
+    together = {k: tmp_path / f"together_{k}.tsv" for k in stage.TABLES}
+    stage.run_experiment([sams, base], [stage.read_identity(sams), stage.read_identity(base)],
+                         gmts, SETTINGS, dataset, together)
+    for key in stage.TABLES:
+        assert together[key].read_text() == merged_paths[key].read_text(), key
     from samsbench.plots import enrichment as pe
 
     figures = {

@@ -32,6 +32,14 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# Runs of a family without gradient training (baselines, the ceiling) train and evaluate in
+# one job (train.smk's fit_and_evaluate): a job costs seconds of imports, their work less.
+FITTED = sbconfig.fitted_models(config)
+_FITTED = "|".join(FITTED) or "(?!)"  # (?!) matches nothing
+GRADIENT_MODEL = rf"(?!(?:{_FITTED})/)[A-Za-z0-9_\-]+"
+FITTED_MODEL = rf"(?:{_FITTED})(?=/)"
+
+
 def rule_message(text):
     """A rule's one console line. With SAMSBENCH_RULE_DETAILS=1 the rules print Snakemake's
     full job block instead (jobid, wildcards, resources), which Snakemake shows only for a

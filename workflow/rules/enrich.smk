@@ -83,28 +83,45 @@ rule enrich_run:
         "../scripts/enrich_run.py"
 
 
+# The experiment's tables, every run computed in one job (stages.enrich.run_experiment): a job
+# per run cost seconds of imports for a fraction of a second of work. enrich_run above makes one
+# run's tables (a run's own target, and `samsbench enrich`).
 rule enrich_merge:
     input:
-        enrichment=lambda wc: run_files(
-            wc.experiment, "enrichment", enrichment_runs(wc.experiment)
+        latents=lambda wc: run_files(
+            wc.experiment, "latents", enrichment_runs(wc.experiment)
         ),
-        complex_recovery=lambda wc: run_files(
-            wc.experiment, "complex_recovery", enrichment_runs(wc.experiment)
+        predictions=lambda wc: run_files(
+            wc.experiment, "predictions", enrichment_runs(wc.experiment)
         ),
-        planted_programs=lambda wc: run_files(
-            wc.experiment, "planted_programs", enrichment_runs(wc.experiment)
+        summary=lambda wc: run_files(
+            wc.experiment, "summary", enrichment_runs(wc.experiment)
         ),
+        dataset=prepared,
+        gmts=lambda wc: [
+            ENRICH_GMT.format(experiment=wc.experiment, name=name)
+            for name in sbenrich.run_libraries(enrichment_settings(wc.experiment))
+        ],
     output:
         enrichment=f"{RESULTS}/{{experiment}}/enrichment.tsv",
         complex_recovery=f"{RESULTS}/{{experiment}}/complex_recovery.tsv",
         planted_programs=f"{RESULTS}/{{experiment}}/planted_programs.tsv",
     log:
         f"{RESULTS}/logs/enrich/{{experiment}}/merge.log",
-    localrule: True
     conda:
         "../../envs/samsbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        runs=lambda wc: enrichment_runs(wc.experiment),
+        identities=lambda wc: [
+            {k: r[k] for k in ("model", "split", "seed", "family")}
+            for r in enrichment_runs(wc.experiment)
+        ],
+        settings=lambda wc: enrichment_settings(wc.experiment),
     message:
-        rule_message("Collect the enrichment tables of {wildcards.experiment}")
+        rule_message("Enrichment of every run of {wildcards.experiment}")
     script:
         "../scripts/enrich_merge.py"
 

@@ -16,6 +16,8 @@ rule evaluate:
         sbio.benchmark_file(
             RESULTS, "{experiment}", "evaluate", "{model}", "{split}", "{seed}"
         )
+    wildcard_constraints:
+        model=GRADIENT_MODEL,
     group:
         pack_group
     conda:

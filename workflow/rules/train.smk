@@ -17,6 +17,8 @@ rule train:
         sbio.benchmark_file(
             RESULTS, "{experiment}", "train", "{model}", "{split}", "{seed}"
         )
+    wildcard_constraints:
+        model=GRADIENT_MODEL,
     group:
         pack_group
     conda:
@@ -37,3 +39,44 @@ rule train:
         )
     script:
         "../scripts/train.py"
+
+
+# A baseline's or the ceiling's run: train (fit) and evaluate in one job. Its benchmark file is
+# the train step's and covers both (the cost table's evaluate row of these models is empty).
+rule fit_and_evaluate:
+    input:
+        data=prepared,
+        split=split_file,
+    output:
+        model=sbio.run_file(RUN, "model"),
+        history=sbio.run_file(RUN, "history"),
+        summary=sbio.run_file(RUN, "summary"),
+        latents=sbio.run_file(RUN, "latents"),
+        predictions=sbio.run_file(RUN, "predictions"),
+        metrics=sbio.run_file(RUN, "metrics"),
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
+    benchmark:
+        sbio.benchmark_file(
+            RESULTS, "{experiment}", "train", "{model}", "{split}", "{seed}"
+        )
+    wildcard_constraints:
+        model=FITTED_MODEL,
+    conda:
+        "../../envs/samsbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, input, attempt: sbmemory.mem_mb(input.data, attempt),
+        runtime=60,
+    params:
+        run=run_identity,
+        hp=lambda wc: sbconfig.model_hyperparameters(config, wc.experiment, wc.model),
+        training=lambda wc: config["experiments"][wc.experiment]["training"],
+        evaluation=lambda wc: config["experiments"][wc.experiment]["evaluation"],
+        device=config["device"],
+    message:
+        rule_message(
+            "Fit and evaluate {wildcards.model} on {wildcards.experiment}, split {wildcards.split}, seed {wildcards.seed}"
+        )
+    script:
+        "../scripts/fit_and_evaluate.py"
