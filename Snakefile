@@ -10,11 +10,15 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 
-# a syntax error in the default config file, with its line and column
-if os.path.exists("config.yaml"):
-    from samsbench.config import read_yaml
+# config.yaml and each --configfile: a syntax error names its line and column, a key written
+# twice both its lines (Snakemake's loader would keep the last one silently)
+from samsbench.config import read_yaml
 
-    read_yaml("config.yaml")
+for _path in ["config.yaml"] + list(
+    getattr(workflow, "overwrite_configfiles", None) or []
+):
+    if os.path.exists(_path):
+        read_yaml(str(_path))
 
 
 configfile: "config.yaml"

@@ -100,6 +100,12 @@ def dataset_reader(experiment):
     )
 
 
+# a missing local gene-set file is found now, not after every model trained
+sbenrich.check_library_files(
+    config, [e for e in config["run"] if dataset_reader(e).gene_symbols]
+)
+
+
 def planted_targets(experiment):
     """The mask-recovery table, for a dataset with a planted mask (planted.smk)."""
     if not dataset_reader(experiment).planted_mask:

@@ -156,6 +156,9 @@ def _evaluate(args):
     given = {"experiment": args.experiment, "dataset": args.dataset, "model": args.name,
              "family": args.family, "split": args.split_name, "seed": args.seed}
     run = {k: v if v not in ("", None) else recorded.get(k, "") for k, v in given.items()}
+    # a plug-in named only by summary.json is refused; the inputs must be the run's own
+    run["family"] = evaluate.trusted_family(args.run, args.family, recorded.get("family")) or ""
+    evaluate.check_run_inputs(args.run, args.data, args.splits)
     if args.threads:
         from samsbench.stages import train
 
@@ -227,8 +230,10 @@ def _mask_recovery(args):
 
 def _export(args):
     from samsbench import io as sbio
-    from samsbench.stages import export
+    from samsbench.stages import evaluate, export
 
+    export.check_out_dir(args.out)
+    evaluate.check_run_inputs(args.run, args.data, args.splits)
     paths = export.export_cell_eval(
         sbio.run_file(args.run, "model"), args.data, args.splits, args.out, n_cells=args.cells,
         mode=args.mode, predictions_path=sbio.run_file(args.run, "predictions"),
@@ -457,14 +462,31 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"samsbench {args.command}: interrupted (Ctrl-C); no output was half-written"
+              + ("; run the same command again to resume from the last checkpoint"
+                 if args.command == "train" else ""), file=sys.stderr)
+        return 130
     except ImportError as exc:
         # a verb's module (imported in its handler) is broken or a dependency is missing
         print(f"samsbench {args.command}: error: cannot import what this command needs: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except MemoryError as exc:  # the memory pre-flight's refusal, or an allocation failing
+        print(f"samsbench {args.command}: error: {exc or 'out of memory'}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError) as exc:
+        # user mistakes: a bad value, a missing or unwritable path, a refused input
         print(f"samsbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(f"samsbench {args.command}: this is a bug in samsbench, not a mistake of yours; "
+              "please report it (an issue in the project's repository) with the command you "
+              "ran and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -301,6 +301,33 @@ def model_record(model, family: str, data) -> dict:
             "columns": data.columns, "encoding": data.encoding, "state_dict": model.state_dict()}
 
 
+def read_checkpoint(path: str, device="cpu"):
+    """``torch.load`` of tensors and plain data only; a file that is empty, cut short or holds
+    anything else is a ``ValueError`` naming the file. Torch's own advice for a refused pickle
+    (load it with weights_only=False, which runs its code) is never passed on."""
+    import pickle
+    import warnings
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty, not a samsbench checkpoint; train the run "
+                         "again (samsbench train) or give the model.pt it wrote")
+    try:
+        with warnings.catch_warnings():  # torch's note on pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not a samsbench checkpoint: it holds Python objects that a "
+                         "checkpoint never contains, so it was refused without running "
+                         "anything; use the model.pt that samsbench train wrote") from None
+    except (EOFError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "archive" not in str(exc):
+            raise  # not about the file's bytes (a device, say)
+        first = str(exc).split(".")[0] or type(exc).__name__
+        raise ValueError(f"{path}: not a readable samsbench checkpoint (cut short or "
+                         f"corrupt: {first}); train the run again or copy the file "
+                         "again") from None
+
+
 def load_model(path: str, device="cpu", family=None):
     """Rebuild a trained model from its checkpoint (weights only, no pickled code).
 
@@ -308,7 +335,7 @@ def load_model(path: str, device="cpu", family=None):
     a file or imported as a module, so loading a file cannot execute code. A plug-in family
     comes from the config the user wrote: pass it as ``family`` (the config's ``family:``
     string, which must equal the checkpoint's, or the class itself)."""
-    record = torch.load(path, map_location=device, weights_only=True)
+    record = read_checkpoint(path, device)
     name = record.get("family") if isinstance(record, dict) else None
     if not isinstance(name, str):
         raise ValueError(f"{path}: not a samsbench checkpoint (no family name)")

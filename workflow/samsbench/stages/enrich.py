@@ -237,6 +237,24 @@ def gene_set_table(config_gene_sets: Mapping | None) -> dict[str, dict]:
     return {**DEFAULT_GENE_SETS, **{k: dict(v) for k, v in (config_gene_sets or {}).items()}}
 
 
+def check_library_files(config: Mapping, experiments: Iterable[str]) -> None:
+    """Every local GMT (a ``source: path`` library) that one of ``experiments`` tests exists:
+    found at the dry run, not after every model trained."""
+    table = gene_set_table(config.get("gene_sets"))
+    for experiment in experiments:
+        for name in libraries_used(settings(config, experiment)):
+            entry = table.get(name) or {}
+            if entry.get("source") != "path":
+                continue
+            if not entry.get("path"):
+                raise ValueError(f"config.yaml: gene_sets/{name}: a `source: path` library "
+                                 "needs `path:` naming its GMT file")
+            if not os.path.isfile(entry["path"]):
+                raise ValueError(f"config.yaml: gene_sets/{name}/path: file not found: "
+                                 f"{entry['path']} (experiment {experiment} tests it); fix "
+                                 "the path or drop the library from enrichment.gene_sets")
+
+
 def _dataset(dataset):
     """An AnnData from a path or an AnnData (read backed: only ``uns`` is needed)."""
     if dataset is None or not isinstance(dataset, (str, os.PathLike)):

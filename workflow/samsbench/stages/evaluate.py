@@ -34,6 +34,39 @@ def run_identity(run_dir: str) -> dict:
     return {k: summary[k] for k in RUN_KEYS if k in summary}
 
 
+def trusted_family(run_dir: str, given: str | None, recorded: str | None) -> str | None:
+    """The family to load a run's model with: ``given`` (the user's --family, from their own
+    config), else the one summary.json records when it is a registered family. A results
+    folder is data: a plug-in it names is never imported on its word."""
+    from samsbench import models as registry
+
+    if given:
+        return given
+    if not recorded or recorded in registry.FAMILIES:
+        return recorded or None
+    raise ValueError(f"{run_dir}: summary.json names the plug-in family {recorded!r}, which is "
+                     "not imported on a results folder's word; if it is your plug-in, pass "
+                     f"--family {recorded} (as in your config)")
+
+
+def check_run_inputs(run_dir: str, data_path: str, split_path: str) -> None:
+    """The dataset and split file are those the run was trained on: their sha256 equals what
+    its summary.json recorded (a run without that record is not checked, with a warning)."""
+    summary = sbio.read_summary(run_dir) or {}
+    recorded = (summary.get("provenance") or {}).get("sha256") or {}
+    if not recorded:
+        log.warning("%s: summary.json records no input checksums; cannot check that %s and %s "
+                    "are the run's training inputs", run_dir, data_path, split_path)
+        return
+    for label, option, path in (("dataset", "--data", data_path),
+                                ("split", "--splits", split_path)):
+        want = recorded.get(label)
+        if want and sbio.sha256_file(path) != want:
+            raise ValueError(f"{option} {path} is not the {label} file this run was trained on "
+                             f"(sha256 differs from {sbio.run_file(run_dir, 'summary')}); give "
+                             f"the run's own {label} file")
+
+
 class PredictionsError(ValueError):
     """A predictions h5ad cannot be scored against the dataset."""
 

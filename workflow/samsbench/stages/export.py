@@ -53,6 +53,13 @@ def _frame(X, labels, genes, uns) -> ad.AnnData:
     return adata
 
 
+def check_out_dir(out_dir: str) -> None:
+    """The export writes a folder; an existing file there is a mistake named before any work."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is an existing file; the export writes a folder "
+                         "(predicted.h5ad, real.h5ad): give a folder path")
+
+
 def export_cell_eval(model_path: str, data_path: str, split_path: str, out_dir: str,
                      n_cells: int = 100, mode: str = "auto", predictions_path: str | None = None,
                      seed: int = 0, device: str = "cpu",
@@ -67,6 +74,7 @@ def export_cell_eval(model_path: str, data_path: str, split_path: str, out_dir: 
         raise ValueError(f"export mode must be one of {MODES}, got {mode!r}")
     if n_cells < 1:
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+    check_out_dir(out_dir)
     model, record = inference.load_model(model_path, pick_device(device), family or None)
     data = load_data(data_path, split_path, record["encoding"], device)
     adata = contract.read(data_path)
