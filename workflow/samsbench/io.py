@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -88,21 +89,23 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 # ------------------------------------------------------------------------------ writing
 
 
-# The temporary files of atomic_path: ``.<name>.<random>.tmp`` (plus a kept extension).
+# The temporary files of atomic_path: ``.<name>.<pid>-<random>.tmp`` (plus a kept extension).
 TEMP_PATTERNS = (".*.tmp", ".*.tmp.*")
+_WRITER_PID = re.compile(r"\.(\d+)-[A-Za-z0-9_]+\.tmp(\.|$)")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over
     ``path``, on error remove it. ``suffix`` keeps an extension that a writer insists on.
-    The temporary file is locked while it exists, so that ``remove_stale`` tells one left by
-    a killed process from one being written."""
+    The temporary name carries the writer's process id, so that ``remove_stale`` tells one
+    left by a killed process from one being written (a lock on it would stop HDF5's own)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=f".tmp{suffix}",
+                               dir=path.parent)
+    os.close(fd)
     try:
-        _lock(fd)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -113,8 +116,6 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _lock(fd: int, wait: bool = True) -> bool:
@@ -128,15 +129,32 @@ def _lock(fd: int, wait: bool = True) -> bool:
     return True
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temporary file's name still runs (False: no pid)."""
+    found = _WRITER_PID.search(name)
+    if not found:
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or an odd name: leave it
+    return True
+
+
 def remove_stale(directory: str | os.PathLike, patterns=TEMP_PATTERNS) -> list[str]:
-    """Remove the temporary files matching ``patterns`` (globs) in ``directory`` that no
-    running process holds locked: debris of a killed writer. Returns the removed paths."""
+    """Remove the temporary files matching ``patterns`` (globs) in ``directory`` left by a
+    killed writer: neither locked (a download holds its own locked) nor named after a running
+    process (atomic_path). Returns the removed paths."""
     import glob
 
     removed = []
     folder = glob.escape(os.fspath(directory))
     for path in sorted({p for pattern in patterns
                         for p in glob.glob(os.path.join(folder, pattern))}):
+        if _writer_alive(os.path.basename(path)):
+            continue
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
