@@ -10,8 +10,9 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 
-# jobs stop when this process is gone (workflow/scripts/_log.py: watch_snakemake)
-os.environ["SAMSBENCH_SNAKEMAKE_PID"] = str(os.getpid())
+# jobs stop when this process is gone (workflow/scripts/_log.py: watch_snakemake); set here,
+# not asked of users
+os.environ.update(SAMSBENCH_SNAKEMAKE_PID=str(os.getpid()))
 
 # config.yaml and each --configfile: a syntax error names its line and column, a key written
 # twice both its lines (Snakemake's loader would keep the last one silently)
