@@ -151,8 +151,8 @@ def check_repeats(config: dict) -> None:
             seen.add(item)
 
 
-# The function that receives a dataset's `simulate:` block, by source (read from the source
-# file, not imported: validation stays free of torch).
+# The function that receives a dataset's `simulate:` block, by source. Its arguments are read
+# from the source file (ast), without importing the simulator and what it imports.
 SIMULATORS = {"simulate": ("data/simulate.py", "simulate"),
               "reference_sim": ("data/reference_sim.py", "simulate_reference")}
 
