@@ -190,13 +190,13 @@ def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> di
     its parts (``LOSS_PARTS``)."""
     index = data.split_index(split)
     inv = inverse_counts(data.dose_counts(split))
-    totals = [0.0] * (1 + len(LOSS_PARTS))
+    # summed on the device in float64 and read once: a read per minibatch waits for a GPU
+    totals = torch.zeros(1 + len(LOSS_PARTS), dtype=torch.float64, device=data.X.device)
     for rows in minibatches(index, batch_size):
         x, dose = data.X[rows], data.dosage(data.codes[rows])
-        values = minibatch_loss(model, x, dose, inv, n_particles).values()
-        totals = [t + v * len(rows) for t, v in zip(totals, values)]
+        totals += minibatch_loss(model, x, dose, inv, n_particles).stacked().double() * len(rows)
     n = max(len(index), 1)
-    return dict(zip(("loss",) + LOSS_PARTS, (t / n for t in totals)))
+    return dict(zip(("loss",) + LOSS_PARTS, (t / n for t in totals.tolist())))
 
 
 @torch.no_grad()
@@ -210,12 +210,12 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
         raise ValueError(f"the {split!r} split has no cells")
     globals_ = model.sample_globals(n_particles)
     batch = max(1, BLOCK_ELEMENTS // (n_particles * data.X.shape[1]))
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=data.X.device)  # read once, below
     for rows in minibatches(index, batch):
         x, dose = data.X[rows], data.dosage(data.codes[rows])
         log_w = particle_elbo(model, x, dose, None, n_particles, globals_, with_globals=False)
-        total += (torch.logsumexp(log_w, 0) - math.log(n_particles)).double().sum().item()
-    return total / len(index)
+        total += (torch.logsumexp(log_w, 0) - math.log(n_particles)).double().sum()
+    return total.item() / len(index)
 
 
 @torch.no_grad()
@@ -276,13 +276,14 @@ def sample_cells(model, data, labels, n_cells: int, libraries: np.ndarray,
 
 # -- checkpoints ---------------------------------------------------------------------------
 
-def load_resume(path: str, device="cpu") -> dict | None:
-    """The state saved at ``path``; None when there is none, and None with a warning when the
+def load_resume(path: str) -> dict | None:
+    """The state saved at ``path``, on the CPU (the RNG states must stay there; the engine
+    moves the rest to its device); None when there is none, and None with a warning when the
     file is empty, cut or unreadable (a fresh start beats failing every retry on it)."""
     if not os.path.exists(path):
         return None
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
         log.warning("%s is unreadable (%s: %s); training starts afresh and overwrites it",
                     path, type(exc).__name__, exc)
@@ -408,25 +409,29 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     model.to(data.device)
     optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
                            float(cfg["global_lr_multiplier"]))
-    gen = torch.Generator().manual_seed(seed)
+    # Minibatch order: drawn on the data's device, so no step copies indices from the host.
+    gen = torch.Generator(device=data.device).manual_seed(seed)
     train_index = data.split_index("train")
     inv_train = inverse_counts(data.dose_counts("train"))
+    # The device type is part of it: the order generator's state differs between devices.
     key = fingerprint(RESUME_FORMAT, family, hparams, cfg, seed, data.genes, data.columns,
-                      n_train)
+                      n_train, *([] if data.device.type == "cpu" else [data.device.type]))
     resume_path = os.path.join(run_dir, "resume.pt")
     state = {"step": 0, "perm": None, "pos": 0, "best_val": math.inf, "best_step": -1,
              "best_state": None, "history": [], "elapsed": 0.0,
              "train_sums": [0.0] * (1 + len(LOSS_PARTS)), "train_n": 0}
-    saved = load_resume(resume_path, data.device)
+    saved = load_resume(resume_path)  # on the CPU: RNG states must be CPU byte tensors
     if saved is not None:
         if saved.get("fingerprint") == key:
-            model.load_state_dict(saved["model"])
-            optim.load_state_dict(saved["optim"])
+            model.load_state_dict(saved["model"])  # copied into the parameters' device
+            optim.load_state_dict(saved["optim"])  # moves its state to the parameters'
             torch.set_rng_state(saved["rng"])
             if saved.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(saved["cuda_rng"])
             gen.set_state(saved["gen"])
             state.update({k: saved[k] for k in state})
+            if state["perm"] is not None:
+                state["perm"] = state["perm"].to(data.device)
             log.info("resuming %s from step %d", run_dir, state["step"])
         else:
             log.info("ignoring %s: it belongs to another configuration", resume_path)
@@ -453,8 +458,9 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
         model.train()
         while state["step"] < max_steps:
             if state["perm"] is None or state["pos"] >= n_train:
-                state["perm"], state["pos"] = torch.randperm(n_train, generator=gen), 0
-            rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size].to(data.device)]
+                state["perm"] = torch.randperm(n_train, generator=gen, device=data.device)
+                state["pos"] = 0
+            rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size]]
             state["pos"] += batch_size
             x, dose = data.X[rows], data.dosage(data.codes[rows])
             out = minibatch_loss(model, x, dose, inv_train, int(cfg["n_particles"]))
