@@ -205,11 +205,16 @@ class LibraryNBHead(torch.autograd.Function):
         # d/dl_j = lib * rho_j * (d_m_j - sum_g rho_g d_m_g)
         weighted = torch.div(x, m).sub_(ratio).mul_(rho)
         total = weighted.sum(-1, keepdim=True)
-        grad_logits = h2.new_empty(h2.shape[0], weight.shape[0])
-        grad_logits[:, n_genes:].zero_()
-        grad_view = grad_logits.view(*rho.shape[:-1], weight.shape[0])[..., :n_genes]
-        torch.addcmul(weighted, rho, total, value=-1, out=grad_view)
-        grad_view.mul_(g * lib)
+        if torch.compiler.is_compiling():  # no out= into a strided view under torch.compile
+            grad_real = torch.addcmul(weighted, rho, total, value=-1).mul_(g * lib)
+            grad_logits = F.pad(grad_real, (0, weight.shape[0] - n_genes)).reshape(
+                h2.shape[0], weight.shape[0])
+        else:  # eager: written in place into the padded buffer, one pass fewer
+            grad_logits = h2.new_empty(h2.shape[0], weight.shape[0])
+            grad_logits[:, n_genes:].zero_()
+            grad_view = grad_logits.view(*rho.shape[:-1], weight.shape[0])[..., :n_genes]
+            torch.addcmul(weighted, rho, total, value=-1, out=grad_view)
+            grad_view.mul_(g * lib)
         grad_h = (grad_logits @ weight).view(*rho.shape[:-1], h2.shape[-1])
         grad_weight = (grad_logits.T @ h2)[:n_genes]
         grad_bias = grad_logits.sum(0)[:n_genes]
