@@ -11,9 +11,9 @@ run is compared with the CPU run exactly as closely as a CPU run with another ru
 weights, other order and noise) is: its mean absolute difference per step may be at most 3x
 that of the two CPU runs (plus 1e-3 relative for float32 rounding).
 
-The training steps run under ``torch.cuda.set_sync_debug_mode("error")``: a step that waits for
-the GPU (a host read, a blocking copy) raises. Validation and checkpoints read values back on
-purpose and run with the mode off. The training runs here use ``compile: off`` (the eager step
+The training steps (after 3 warm-up steps) run under ``torch.cuda.set_sync_debug_mode("error")``:
+a step that waits for the GPU (a host read, a blocking copy) raises. Validation and checkpoints
+read values back on purpose and run with the mode off. The training runs here use ``compile: off`` (the eager step
 every family shares; compiling every family would take minutes); one test trains SAMS-VAE with
 the compiled step. Evaluation
 quantities (IWELBO, model ATE) use the same rule against a CPU evaluation with another seed;
@@ -51,36 +51,36 @@ def hp_for(family):
     return registry.hyperparameters(family, for_family(family))
 
 
+WARMUP = 3  # steps that may sync: lazy initialisation, compiling, recording CUDA graphs
+
+
 @contextlib.contextmanager
 def no_syncs_in_steps(device):
-    """Sync debug mode "error" around the optimiser steps only (on CUDA): the engine's
-    validation and checkpoints, which read values back on purpose, run with it off."""
+    """Sync debug mode "error" around every training step after the first ``WARMUP`` (on
+    CUDA): drawing the minibatch (``next_rows``) and the step itself (``make_step``'s). The
+    engine's validation and checkpoints read values back on purpose and run with it off."""
     if torch.device(device).type != "cuda":
         yield
         return
-    originals = {name: getattr(inference, name) for name in ("split_loss", "restore_resume")}
+    make_step, next_rows = inference.make_step, inference.next_rows
+    calls = [0]
 
-    def quiet(fn):
+    def strict(fn):
         def wrapped(*args, **kwargs):
-            torch.cuda.set_sync_debug_mode(0)
+            calls[0] += 1
+            torch.cuda.set_sync_debug_mode("error" if calls[0] > 2 * WARMUP else 0)
             try:
                 return fn(*args, **kwargs)
             finally:
-                torch.cuda.set_sync_debug_mode("error")
+                torch.cuda.set_sync_debug_mode(0)
         return wrapped
 
-    save = inference.save_checkpoint
+    inference.make_step = lambda *args, **kwargs: strict(make_step(*args, **kwargs))
+    inference.next_rows = strict(next_rows)
     try:
-        for name, fn in originals.items():
-            setattr(inference, name, quiet(fn))
-        inference.save_checkpoint = quiet(save)
-        torch.cuda.set_sync_debug_mode("error")
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(0)
-        for name, fn in originals.items():
-            setattr(inference, name, fn)
-        inference.save_checkpoint = save
+        inference.make_step, inference.next_rows = make_step, next_rows
 
 
 def train(tiny, run_dir, family, device, run_seed=0, compile="off", steps=STEPS):
