@@ -283,3 +283,74 @@ def test_a_step_that_fails_to_compile_runs_eagerly_or_says_so(tiny, tmp_path, mo
     step = inference.make_step(model, data, inv, 3, None, compiled=True, strict=True)
     with pytest.raises(RuntimeError, match="set training.compile: off"):
         step(rows, optim)
+
+
+# -- checkpoint traffic (issue 25 item 7) ----------------------------------------------------
+
+def _count_resume_writes(monkeypatch):
+    from samsbench import io as sbio
+
+    writes = []
+    original = sbio.write_pt
+
+    def counted(obj, path, *args, **kwargs):
+        if os.path.basename(str(path)) == "resume.pt":
+            writes.append(obj["step"])
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(sbio, "write_pt", counted)
+    return writes
+
+
+def test_resume_is_written_on_a_time_budget_and_removed_at_the_end(tiny, tmp_path, monkeypatch):
+    """40 steps of 64 cells: about 10 epochs. By default resume.pt was written at every
+    validation (once per epoch); now at most every checkpoint_minutes, and once at the last
+    step, and the finished run keeps no resume.pt."""
+    writes = _count_resume_writes(monkeypatch)
+    run_dir = tmp_path / "run"
+    _train_tiny(tiny, run_dir, max_steps=40, batch_size=64, val_every=None)
+    history = pd.read_csv(run_dir / "history.tsv", sep="\t")
+    assert len(history) >= 8  # validations: one per epoch
+    assert writes == [40]  # the last step only (the run took far under 10 minutes)
+    assert not (run_dir / "resume.pt").exists()
+    assert (run_dir / "model.pt").exists()
+    # an explicit checkpoint_every still writes every that many steps
+    writes.clear()
+    _train_tiny(tiny, tmp_path / "every", max_steps=40, batch_size=64, checkpoint_every=10)
+    assert writes == [10, 20, 30, 40]
+    # a zero-minute budget checkpoints at every step
+    writes.clear()
+    _train_tiny(tiny, tmp_path / "budget", max_steps=5, checkpoint_minutes=1e-9)
+    assert writes == [1, 2, 3, 4, 5]
+
+
+def test_sigusr1_checkpoints_and_training_goes_on(tiny, tmp_path, monkeypatch):
+    writes = _count_resume_writes(monkeypatch)
+    original, calls = inference.minibatch_loss, [0]
+
+    def usr1_at_three(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGUSR1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "minibatch_loss", usr1_at_three)
+    summary = _train_tiny(tiny, tmp_path / "run", max_steps=8, val_every=4)
+    assert writes == [3, 8] and summary["steps"] == 8
+
+
+def test_a_finished_run_is_not_trained_again(tiny, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    first = _train_tiny(tiny, run_dir, max_steps=6)
+    model_bytes = (run_dir / "model.pt").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(inference, "make_step", refuse)
+        again = _train_tiny(tiny, run_dir, max_steps=6)
+    assert again == first and (run_dir / "model.pt").read_bytes() == model_bytes
+    # other settings: trained afresh
+    changed = _train_tiny(tiny, run_dir, max_steps=7)
+    assert changed["steps"] == 7 and changed["training_key"] != first["training_key"]
