@@ -401,9 +401,12 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     ``family`` is the registry name the model was built from (recorded, so that the
     checkpoint can be rebuilt) and ``hp`` its hyperparameters (a block or the dataclass),
     checked against the model's own. Writes ``model.pt`` (best), ``history.tsv`` (the loss and
-    its parts at each validation) and ``summary.json`` in ``run_dir`` and keeps ``resume.pt``
-    (full state at the last checkpoint) so that a killed run continues from there and ends
-    with the same numbers as an uninterrupted one.
+    its parts at each validation) and ``summary.json`` in ``run_dir``. While training it keeps
+    ``resume.pt`` (the full state at the last checkpoint: ``checkpoint_every`` steps, else at
+    most every ``checkpoint_minutes``, at SIGTERM / SIGUSR1 and at the last step) so that a
+    killed run continues from there and ends with the same numbers as an uninterrupted one;
+    a completed run removes it, and a run already completed with the same settings is not
+    trained again (its model.pt is loaded into ``model``).
     """
     cfg = {**TRAINING_DEFAULTS, **{k: v for k, v in training.items() if v is not None}}
     hparams = dataclasses.asdict(model.hparams)
