@@ -157,6 +157,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--families", nargs="+", default=["sams_vae", "sams_vae_mean_field"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="training.compile for the step (auto: compiled on CUDA only)")
     parser.add_argument("--plain-allocator", action="store_true",
                         help="skip inference.keep_freed_memory (glibc defaults), for comparison")
     args = parser.parse_args(argv)
@@ -166,7 +168,7 @@ def main(argv=None) -> list[dict]:
     for family in args.families:
         r = measure(cells=args.cells, genes=args.genes, perturbations=args.perturbations,
                     steps=args.steps, threads=args.threads, family=family,
-                    plain_allocator=args.plain_allocator)
+                    plain_allocator=args.plain_allocator, compile=args.compile)
         rows.append({"family": family, **r})
         print(f"{family:22s} {args.cells:8d} {args.genes:6d} {r['steps_per_second']:8.2f} "
               f"{r['median_steps_per_second']:7.2f} {r['page_faults_per_step']:11.0f} "
