@@ -318,7 +318,9 @@ def test_item10_unreadable_resume_starts_afresh(tiny, tmp_path, caplog, keep_byt
     train_stage.train(*tiny, hp, TRAINING, str(tmp_path / "full"), 0, progress=False)
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "resume.pt").write_bytes((tmp_path / "full" / "resume.pt").read_bytes())
+    # a finished run removes its resume.pt (issue 25 item 7): a saved state to cut instead
+    from samsbench import io as sbio
+    sbio.write_pt({"step": 10, "model": {"w": torch.zeros(1000)}}, str(broken / "resume.pt"))
     bad.cut_file(broken / "resume.pt", keep_bytes)
     with caplog.at_level(logging.WARNING, logger=inference.__name__):
         train_stage.train(*tiny, hp, TRAINING, str(broken), 0, progress=False)

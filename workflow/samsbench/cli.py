@@ -446,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=positive_int, default=1, help="devices working at once")
     p.add_argument("--pack", type=positive_int,
                    help="runs per device (default: the config's cluster.runs_per_gpu)")
-    p.add_argument("--pack-gain", type=positive_float, default=1.0,
-                   help="throughput of --pack runs on one device over one run's (measured by "
-                   "bench/gpu_check.py; default 1 = no gain assumed)")
+    p.add_argument("--pack-gain", type=positive_float, default=None,
+                   help="throughput of --pack runs on one device over one run's (default: "
+                   "the speed table's packed rows; 1 where not measured)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="device to plan for (default: both)")
     p.add_argument("--speed-table", help="speed table TSV (default: the packaged one)")
     p.set_defaults(func=_plan)
