@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 RUN_KEYS = ("experiment", "dataset", "model", "family", "split", "seed")
 # uns key of a predictions file naming the cells it is scored against (the replicate ceiling)
 TRUTH_CELLS_KEY = "truth_cells"
+# layer of a predictions file with the paper's prediction (10,000 counts per sampled cell);
+# X holds the depth-matched one (library sizes drawn from each perturbation's own cells)
+PAPER_LAYER = "paper_1e4"
 
 
 def run_identity(run_dir: str) -> dict:
@@ -51,15 +54,27 @@ def predict(data_path: str, split_path: str, model_path: str, out_path: str,
     if data.columns != record["columns"] or data.genes != record["genes"]:
         raise ValueError(f"{model_path} was trained on other perturbations or genes than {data_path}")
     labels = [data.control] + sorted(set(data.labels) - {data.control})
-    # continuous data: the mean of the samples themselves (no log-normalisation of counts)
-    means = inference.predicted_means(model, data, labels, n_particles=n_particles, chunk=chunk,
-                                      log_normalize=data.value_kind == "counts")
+    paper = None
+    if data.value_kind == "counts":
+        # X: each sampled cell's library size drawn from its perturbation's own cells, the
+        # depth the truth was measured at; the paper's 10,000 counts per cell as a layer
+        totals = data.X.sum(dim=1).double().cpu().numpy()
+        depths = [totals[data.labels == label] for label in labels]
+        means, paper = inference.predicted_means_matched(model, data, labels, depths,
+                                                         n_particles=n_particles, chunk=chunk)
+    else:  # continuous data: the mean of the samples themselves (no log-normalisation)
+        means = inference.predicted_means(model, data, labels, n_particles=n_particles,
+                                          chunk=chunk, log_normalize=False)
     frame = pd.DataFrame(means, index=labels, columns=data.genes)
     # A model scored against only some cells (the replicate ceiling) names them.
     truth = model.scored_cells(data.cell_ids) if hasattr(model, "scored_cells") else None
     write_predictions(frame, out_path, data.control,
-                      {"model_path": model_path, "ate_particles": n_particles},
-                      truth_cells=truth)
+                      {"model_path": model_path, "ate_particles": n_particles,
+                       "library_sizes": "X: drawn from each perturbation's own cells; layer "
+                                        f"{PAPER_LAYER}: 10,000 per cell (the paper)"},
+                      truth_cells=truth,
+                      paper=None if paper is None else pd.DataFrame(paper, index=labels,
+                                                                    columns=data.genes))
     return frame
 
 
@@ -189,13 +204,14 @@ def mask_recovery(data_path: str, latents_paths: list[str], runs: list[dict],
 
 def write_predictions(
     means: pd.DataFrame, path, control_label: str, metadata: dict | None = None,
-    truth_cells: list[str] | None = None,
+    truth_cells: list[str] | None = None, paper: pd.DataFrame | None = None,
 ) -> None:
     """Write predicted mean log2(CP10k+1) per perturbation (control row included) as h5ad.
 
     Rows are perturbations (``obs["perturbation"]``), columns genes (var names); the control
     label goes to ``uns["control_label"]`` and ``metadata`` to ``uns["metadata"]``;
-    ``truth_cells`` (cell ids to score against, see ``truth_cells``) to ``uns["truth_cells"]``.
+    ``truth_cells`` (cell ids to score against, see ``truth_cells``) to ``uns["truth_cells"]``;
+    ``paper`` (the paper's 10,000-count prediction) to the layer ``PAPER_LAYER``.
     """
     values = np.asarray(means.to_numpy(), dtype=np.float64)
     where = f"predictions for {os.fspath(path)}"
@@ -216,6 +232,10 @@ def write_predictions(
     )
     adata.uns["control_label"] = str(control_label)
     adata.uns["metadata"] = _h5ad_safe(metadata or {})
+    if paper is not None:  # the paper's prediction, same rows and genes
+        layer = np.asarray(paper.loc[labels, genes].to_numpy(), dtype=np.float64)
+        _check_finite(layer, labels, genes, where)
+        adata.layers[PAPER_LAYER] = layer
     if truth_cells is not None:
         adata.uns[TRUTH_CELLS_KEY] = np.asarray(truth_cells, dtype=str)
     sbio.write_h5ad(adata, path)
@@ -236,8 +256,9 @@ def _h5ad_safe(value):
     return str(value)
 
 
-def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
-    """Read a predictions h5ad and return its ATE (non-control rows minus the control row).
+def read_predictions(path, data_adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
+    """Read a predictions h5ad and return its ATE (non-control rows minus the control row);
+    ``layer``: that layer instead of X when the file has it.
 
     Checks, each raising PredictionsError that names the file: readable h5ad, a
     ``obs["perturbation"]`` column, unique labels, the data's control label present, no label
@@ -299,7 +320,8 @@ def read_predictions(path, data_adata: ad.AnnData) -> pd.DataFrame:
             parts.append(f"{len(extra)} genes are not in the data: {_first(extra)}")
         raise PredictionsError(f"{path}: gene set does not match the data; " + "; ".join(parts))
 
-    X = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    X = pred.layers[layer] if layer is not None and layer in pred.layers else pred.X
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
     values = np.asarray(X, dtype=np.float64)
     _check_finite(values, labels, genes, path)
     means = pd.DataFrame(values, index=labels, columns=genes).reindex(columns=data_genes)
@@ -330,26 +352,35 @@ def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
 
 def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
     """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
-    ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of all perturbed
-    cells) on all/train/val/test and GEARS' combo_seen{k} subsets."""
+    ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of the subset's
+    perturbed cells) on all/train/val/test and GEARS' combo_seen{k} subsets, each subset
+    against its own held-out cells (``metrics.truth_by_split``: a perturbation's test cells
+    for the test subsets, all controls), and the paper's ``paper_*`` rows (its four metrics
+    against all cells, from the ``paper_1e4`` layer when the file has one).
+
+    A predictions file that names its truth cells (the replicate ceiling) is scored as two
+    halves of the data instead: the ceiling and the ``split_half_*`` rows
+    (``metrics.ceiling_metrics``)."""
     data = contract.read(data_path)
     pred_ate = read_predictions(predictions_path, data)  # checks the file first
-    # A predictions file may name the cells it is scored against (the replicate ceiling).
     keep = truth_cells(predictions_path, data)
-    truth = data if keep is None else data[keep]
-    true_ate = metrics.data_ate(truth)
-    if not pred_ate.index.isin(true_ate.index).any():
-        raise PredictionsError(
-            f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
-        )
     split = read_split(split_path, data.obs_names)
     labels = data.obs[contract.PERTURBATION_KEY].to_numpy()
     control = contract.control_label(data)
+    if not pred_ate.index.isin(labels[labels != control].astype(str)).any():
+        raise PredictionsError(
+            f"{os.fspath(predictions_path)}: no non-control perturbation in common with the data"
+        )
     subsets = {**metrics.subsets_from_split(labels, split, control),
                **metrics.combo_seen_subsets(labels, split, control)}
-    cells = truth.obs[contract.PERTURBATION_KEY].astype(str).value_counts()
-    reference = metrics.perturbed_reference(true_ate, cells)
-    return metrics.ate_metrics(pred_ate, true_ate, subsets, reference)
+    if keep is not None:  # the split-half ceiling: half A against half B
+        return metrics.ceiling_metrics(metrics.truth_by_split(data[~keep], split[~keep]),
+                                       metrics.truth_by_split(data[keep], split[keep]), subsets)
+    truths = metrics.truth_by_split(data, split)
+    paper_ate = read_predictions(predictions_path, data, layer=PAPER_LAYER)
+    return pd.concat([metrics.heldout_metrics(pred_ate, truths, subsets),
+                      metrics.paper_metrics(paper_ate, truths["all"], subsets)],
+                     ignore_index=True)
 
 
 def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:
