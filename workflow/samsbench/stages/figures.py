@@ -162,13 +162,13 @@ def paper_norman(metrics_path: str, settings: list[dict], options: dict, outputs
     xlabel, held = XLABELS[kind], HELD_OUT[kind]
     _png(pp.norman_bars(rows, "test_iwelbo_relative", f"Relative IWELBO ({held})", xlabel,
                         "Test IWELBO relative to SAMS-VAE at fraction 0"), outputs["bars_iwelbo"])
-    _png(pp.norman_bars(rows, "ate_pearson_test",
+    _png(pp.norman_bars(rows, "paper_ate_pearson_test",
                         f"Predicted Average Treatment Effect Correlation ({held})", xlabel,
                         "ATE Pearson r on the test perturbations"), outputs["bars_ate"])
     lines = [
         ("lines_relative_iwelbo", "test_iwelbo_relative", f"Relative IWELBO ({held})", True),
-        ("lines_ate", "ate_pearson_test", f"ATE Pearson r ({held})", True),
-        ("lines_ate_top20", "ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
+        ("lines_ate", "paper_ate_pearson_test", f"ATE Pearson r ({held})", True),
+        ("lines_ate_top20", "paper_ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
          True),
         ("lines_iwelbo", "test_iwelbo", f"Test IWELBO ({held})", False),
         ("lines_iwelbo_band", "test_iwelbo", f"Test IWELBO ({held})", True),
@@ -201,7 +201,7 @@ def paper_replogle(metrics_path: str, settings: list[dict], options: dict, outpu
     models = paper.replogle_models(runs, ranked)
     sbio.write_tsv(models, outputs["models_tsv"])
     shown = models.assign(model=[pp.label(f) for f in models["family"]])
-    _table_png(paper.display_table(shown, ["test_iwelbo", "ate_pearson_all", "val_iwelbo"],
+    _table_png(paper.display_table(shown, ["test_iwelbo", "paper_ate_pearson_all", "val_iwelbo"],
                                   ["model", "setting", "n_latent", "figure_seed"],
                                   {"figure_seed": "figure seed"}),
               outputs["models_png"], "Replogle: test IWELBO and ATE Pearson r "
