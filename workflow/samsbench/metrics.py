@@ -472,6 +472,152 @@ def ceiling_metrics(truths_a: dict, truths_b: dict, subsets: dict) -> pd.DataFra
     return table
 
 
+# --------------------------------------------------------------------------------------------
+# Per-perturbation rows, for a paired bootstrap over test perturbations and seeds (issue 22)
+# --------------------------------------------------------------------------------------------
+
+# Per test perturbation: the sums that the pooled metrics are made of (n, sums of p, t, p^2,
+# t^2, p*t over its genes) and the values of the metrics that are means over perturbations.
+SUM_COLUMNS = ("n", "sp", "st", "spp", "stt", "spt")
+ROW_METRICS = ("pearson_delta", "pearson_delta_top20", "pearson_delta_perturbed")
+POOLED_METRICS = ("ate_pearson", "ate_r2", "effect_rmse")
+BOOTSTRAP_METRICS = POOLED_METRICS + ROW_METRICS
+
+
+def perturbation_rows(pred: np.ndarray, true: np.ndarray, reference=None,
+                      ceiling: bool = False) -> pd.DataFrame:
+    """One row per perturbation (row of ``pred``/``true``): SUM_COLUMNS and ROW_METRICS.
+    ``ceiling``: pred and true are the two halves A and B of the truth and the row metrics
+    are their attenuation bounds (``ceiling_values``, per perturbation)."""
+    top = top_gene_indices((pred + true) / 2 if ceiling else true)
+    rows = np.arange(pred.shape[0])[:, None]
+    out = pd.DataFrame({"n": float(pred.shape[1]), "sp": pred.sum(1), "st": true.sum(1),
+                        "spp": (pred ** 2).sum(1), "stt": (true ** 2).sum(1),
+                        "spt": (pred * true).sum(1)})
+    bound = attenuation_bound if ceiling else (lambda r: r)
+    out["pearson_delta"] = bound(_row_pearson(pred, true))
+    out["pearson_delta_top20"] = bound(_row_pearson(pred[rows, top], true[rows, top]))
+    if reference is not None:
+        ref_p, ref_t = reference if ceiling else (reference, reference)
+        out["pearson_delta_perturbed"] = bound(_row_pearson(pred - ref_p, true - ref_t))
+    return out
+
+
+def metrics_from_rows(weights: np.ndarray, rows: pd.DataFrame, ceiling: bool = False) -> dict:
+    """BOOTSTRAP_METRICS from per-perturbation rows weighted by ``weights`` (one vector, or a
+    matrix with one resample per row: the multiplicity of each perturbation). Pooled metrics
+    come from the weighted sums; ``ceiling``: rows of a replicate, whose pooled values become
+    ceilings as in ``ceiling_values`` (p = half A, t = half B)."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    n, sp_, st, spp, stt, spt = (w @ rows[c].to_numpy(dtype=np.float64) for c in SUM_COLUMNS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_p, var_t = spp - sp_ ** 2 / n, stt - st ** 2 / n
+        pearson = (spt - sp_ * st / n) / np.sqrt(var_p * var_t)
+        sq_diff = spp - 2 * spt + stt  # sum of (p - t)^2
+        if ceiling:
+            s_t, s_tt = (sp_ + st) / 2, (spp + 2 * spt + stt) / 4  # T = (A + B) / 2
+            out = {"ate_pearson": attenuation_bound(pearson),
+                   "ate_r2": 1 - sq_diff / 4 / (s_tt - s_t ** 2 / n),
+                   "effect_rmse": np.sqrt(sq_diff / 4 / n)}
+        else:
+            out = {"ate_pearson": pearson, "ate_r2": 1 - sq_diff / var_t,
+                   "effect_rmse": np.sqrt(sq_diff / n)}
+        for metric in ROW_METRICS:
+            if metric in rows:
+                v = rows[metric].to_numpy(dtype=np.float64)
+                ok = np.isfinite(v)
+                out[metric] = (w[:, ok] @ v[ok]) / w[:, ok].sum(1)
+    return {k: np.asarray(v).ravel() for k, v in out.items()}
+
+
+BOOTSTRAP_COLUMNS = ["split", "metric", "model", "family", "value", "lo", "hi", "baseline",
+                     "diff_baseline", "diff_lo", "diff_hi", "best", "ceiling", "gap_lo",
+                     "gap_hi", "discriminative"]
+
+
+def paired_bootstrap(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> pd.DataFrame:
+    """Paired bootstrap over test perturbations and seeds of BOOTSTRAP_METRICS, per split.
+
+    ``rows``: the experiment's per-perturbation rows (RUN_KEYS, perturbation, SUM_COLUMNS,
+    ROW_METRICS; ``perturbation_rows``). Every resample draws the perturbations (those every
+    run of the split scores) and the seeds with replacement, the same draw for every model,
+    so differences between models are paired. Per split x metric x model: the value and its
+    interval, the difference to the best simple baseline (BASELINE_FAMILIES, best point value)
+    and its interval, ``best`` (the best contender beats the runner-up: the interval of their
+    difference excludes 0), and the ceiling (family CEILING_FAMILY) minus the best baseline
+    with ``discriminative`` (its interval excludes 0: normalised scores mean something)."""
+    if rows.empty:
+        return pd.DataFrame(columns=BOOTSTRAP_COLUMNS)
+    rng = np.random.default_rng(seed)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    out = []
+    rows = rows.assign(family=rows["family"].fillna("").astype(str),
+                       perturbation=rows["perturbation"].astype(str))
+    for split, part in rows.groupby("split", sort=True):
+        runs = part.groupby(["model", "seed"])["perturbation"].apply(set)
+        perts = sorted(set.intersection(*runs.tolist()))
+        if len(perts) < 2:
+            continue
+        seeds = sorted(part["seed"].unique())
+        wp = np.vstack([np.ones(len(perts)), rng.multinomial(len(perts), [1 / len(perts)] *
+                                                             len(perts), size=n_boot)])
+        ws = np.vstack([np.ones(len(seeds)), rng.multinomial(len(seeds), [1 / len(seeds)] *
+                                                             len(seeds), size=n_boot)])
+        draws, families = {}, {}
+        for model, runs_of in part.groupby("model", sort=False):
+            families[model] = runs_of["family"].iloc[0]
+            ceiling = families[model] == CEILING_FAMILY
+            total, weight = {}, np.zeros(n_boot + 1)
+            for s, run in runs_of.groupby("seed"):
+                run = run.drop_duplicates("perturbation").set_index("perturbation").loc[perts]
+                w = ws[:, seeds.index(s)]
+                for metric, v in metrics_from_rows(wp, run, ceiling).items():
+                    total[metric] = total.get(metric, 0) + w * v
+                weight += w
+            with np.errstate(invalid="ignore", divide="ignore"):
+                draws[model] = {m: v / weight for m, v in total.items()}
+        for metric in BOOTSTRAP_METRICS:
+            have = {m: d[metric] for m, d in draws.items() if metric in d}
+            if not have:
+                continue
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            contenders = sorted((m for m in have if families[m] != CEILING_FAMILY
+                                 and np.isfinite(have[m][0])),
+                                key=lambda m: -sign * have[m][0])
+            bases = [m for m in contenders if families[m] in BASELINE_FAMILIES]
+            base = bases[0] if bases else None
+            ceilings = [m for m in have if families[m] == CEILING_FAMILY]
+            ceil = np.nanmean([have[m] for m in ceilings], axis=0) if ceilings else None
+            best = None
+            if len(contenders) >= 2:
+                lead = sign * (have[contenders[0]] - have[contenders[1]])
+                if np.nanquantile(lead[1:], q[0]) > 0:
+                    best = contenders[0]
+            gap = (sign * (ceil - have[base]) if ceil is not None and base is not None
+                   else None)
+            for model, v in have.items():
+                diff = v - have[base] if base is not None else np.full_like(v, np.nan)
+                out.append({
+                    "split": split, "metric": metric, "model": model,
+                    "family": families[model], "value": v[0],
+                    "lo": _quantile(v[1:], q[0]), "hi": _quantile(v[1:], q[1]),
+                    "baseline": base or "", "diff_baseline": diff[0],
+                    "diff_lo": _quantile(diff[1:], q[0]), "diff_hi": _quantile(diff[1:], q[1]),
+                    "best": model == best,
+                    "ceiling": ceil[0] if ceil is not None else math.nan,
+                    "gap_lo": _quantile(gap[1:], q[0]) if gap is not None else math.nan,
+                    "gap_hi": _quantile(gap[1:], q[1]) if gap is not None else math.nan,
+                    "discriminative": bool(gap is not None and _quantile(gap[1:], q[0]) > 0),
+                })
+    return pd.DataFrame(out, columns=BOOTSTRAP_COLUMNS)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.quantile(values, q)) if values.size else math.nan
+
+
 def _ordered(subsets) -> list[str]:
     ordered = [s for s in SUBSET_ORDER if s in subsets]
     return ordered + sorted(s for s in subsets if s not in SUBSET_ORDER)
@@ -521,7 +667,8 @@ BASELINE_FAMILIES = ("control_mean", "additive_mean", "train_mean", "linear")
 CEILING_FAMILY = "replicate"
 
 
-def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
+def normalised_scores(table: pd.DataFrame, differences: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
     """Add ``normalised`` = (u - b) / (r - b) and ``normalised_note`` to a tidy metrics table.
 
     Per experiment x split x metric x subset: b is the best simple baseline (families in
@@ -530,6 +677,11 @@ def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
     seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
     with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
     ceiling is not better than the baseline.
+
+    ``differences`` (``paired_bootstrap``'s table): a score is kept only where the bootstrap
+    found the ceiling-to-baseline gap beyond its own noise (``discriminative``, test subset);
+    elsewhere NaN with the note "not discriminative here" and the two numbers, or, for a
+    metric or subset without a bootstrap, a note saying so.
     """
     out = table.copy()
     if out.empty or "family" not in out:
@@ -557,9 +709,31 @@ def normalised_scores(table: pd.DataFrame) -> pd.DataFrame:
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         value = (merged["value"] - merged["_b"]) / (merged["_r"] - merged["_b"])
+    if differences is not None:
+        note = np.where(note == "", _gap_notes(merged, differences), note)
     out["normalised"] = np.where(note == "", value, np.nan)
     out["normalised_note"] = note
     return out
+
+
+def _gap_notes(merged: pd.DataFrame, differences: pd.DataFrame) -> np.ndarray:
+    """'' where the bootstrap found the gap discriminative, else why not (per row)."""
+    gaps = {(str(r.split), r.metric): r for r in
+            differences.drop_duplicates(["split", "metric"]).itertuples()}
+    notes = []
+    for split, metric, subset, b, r in zip(merged.get("split", ""), merged["metric"],
+                                           merged["subset"], merged["_b"], merged["_r"]):
+        gap = gaps.get((str(split), metric)) if subset == "test" else None
+        if gap is None:
+            notes.append("no bootstrap of the ceiling-to-baseline gap for this metric and "
+                         "subset (test subset of metrics.BOOTSTRAP_METRICS only)")
+        elif not gap.discriminative:
+            notes.append(f"not discriminative here: ceiling {r:.4g} vs best simple baseline "
+                         f"{b:.4g}; the gap's 95% interval [{gap.gap_lo:.3g}, {gap.gap_hi:.3g}] "
+                         "is not above 0")
+        else:
+            notes.append("")
+    return np.asarray(notes, dtype=object)
 
 
 SCORE_TABLE_METRICS = ("pearson_delta", "pearson_delta_perturbed", "ate_pearson", "ate_r2",
@@ -567,20 +741,23 @@ SCORE_TABLE_METRICS = ("pearson_delta", "pearson_delta_perturbed", "ate_pearson"
 
 
 def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
-    """One row per model of a normalised metrics table (mean over seeds and splits), raw and
-    normalised value side by side per metric, on one subset; the ceiling's row included."""
+    """One row per model x split of a normalised metrics table (mean over seeds, never over
+    splits), raw and normalised value side by side per metric, on one subset; the ceiling's
+    row included (metrics.tsv's ``normalised_note`` says why a normalised value is empty)."""
     part = metrics[metrics["subset"] == subset]
     part = part[part["metric"].isin(SCORE_TABLE_METRICS)]
     if part.empty:
-        return pd.DataFrame(columns=["model", "family"])
-    grouped = part.groupby(["model", "family", "metric"], dropna=False)[
+        return pd.DataFrame(columns=["model", "family", "split"])
+    part = part.assign(split=part["split"].astype(str) if "split" in part else "")
+    keys = ["model", "family", "split"]
+    grouped = part.groupby(keys + ["metric"], dropna=False)[
         ["value", "normalised"]].mean().reset_index()
-    wide = grouped.pivot(index=["model", "family"], columns="metric",
-                         values=["value", "normalised"])
+    wide = grouped.pivot(index=keys, columns="metric", values=["value", "normalised"])
     columns = {}
     for metric in [m for m in SCORE_TABLE_METRICS if m in set(grouped["metric"])]:
         columns[metric] = wide[("value", metric)]
         columns[f"{metric}_normalised"] = wide[("normalised", metric)]
     table = pd.DataFrame(columns).reset_index()
-    first = SCORE_TABLE_METRICS[0] if SCORE_TABLE_METRICS[0] in table else table.columns[2]
-    return table.sort_values(first, ascending=False, kind="stable").reset_index(drop=True)
+    first = SCORE_TABLE_METRICS[0] if SCORE_TABLE_METRICS[0] in table else table.columns[3]
+    return table.sort_values(["split", first], ascending=[True, False],
+                             kind="stable").reset_index(drop=True)

@@ -97,13 +97,22 @@ def iwelbo(data_path: str, split_path: str, model_path: str, n_particles: int = 
 
 def score(run: dict, data_path: str, split_path: str, predictions_path: str,
           model_path: str, out_path: str, iwelbo_particles: int = 100,
-          device: str = "auto") -> pd.DataFrame:
+          device: str = "auto", perturbations_path: str | None = None) -> pd.DataFrame:
     """All metrics of one run as tidy rows (experiment, ..., metric, subset, value). On
-    continuous or control-free data the ATE metrics are skipped (logged) and IWELBO stays."""
+    continuous or control-free data the ATE metrics are skipped (logged) and IWELBO stays.
+    ``perturbations_path``: where the test perturbations' rows go (for the bootstrap)."""
     skip = effect_metrics_skip_reason(data_path)
     if skip:
         log.info("ATE metrics of %s skipped: %s", predictions_path, skip)
-    rows = [] if skip else [score_predictions(predictions_path, data_path, split_path)]
+    rows, per = [], pd.DataFrame(columns=["perturbation", *metrics.SUM_COLUMNS])
+    if not skip:
+        table, per = score_predictions(predictions_path, data_path, split_path,
+                                       per_perturbation=True)
+        rows.append(table)
+    if perturbations_path is not None:
+        ident = {k: run.get(k, "") for k in RUN_KEYS}
+        sbio.write_tsv(per.assign(**ident, subset="test")[
+            [*RUN_KEYS, "subset", *per.columns]], perturbations_path)
     for metric, value in iwelbo(data_path, split_path, model_path, iwelbo_particles,
                                 device, family=run.get("family") or None).items():
         rows.append(pd.DataFrame([{"metric": metric, "subset": metric.split("_")[0],
@@ -144,14 +153,26 @@ def _tidy(run: dict, table: pd.DataFrame, out_path: str | None) -> pd.DataFrame:
     return table
 
 
-def aggregate(paths: list[str], out_path: str) -> pd.DataFrame:
+def aggregate(paths: list[str], out_path: str, perturbation_paths: list[str] | None = None,
+              differences_path: str | None = None) -> pd.DataFrame:
     """An experiment's metrics: every run's rows, with the normalised score beside the raw
-    value (metrics.normalised_scores; issue 13)."""
+    value (metrics.normalised_scores; issue 13). ``perturbation_paths``: the runs' test
+    perturbation rows; their paired bootstrap (metrics.paired_bootstrap) goes to
+    ``differences_path`` and keeps a normalised score only where the ceiling-to-baseline gap
+    is beyond its noise (issue 22)."""
     frames = [pd.read_csv(p, sep="\t") for p in paths]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    differences = None
+    if perturbation_paths is not None:
+        per = [pd.read_csv(p, sep="\t") for p in perturbation_paths]
+        per = pd.concat([f for f in per if len(f)], ignore_index=True) if any(
+            len(f) for f in per) else pd.DataFrame()
+        differences = metrics.paired_bootstrap(per)
+        if differences_path is not None:
+            sbio.write_tsv(differences, differences_path)
     if len(table):
         table = table.sort_values(["model", "split", "seed", "metric", "subset"], kind="stable")
-        table = metrics.normalised_scores(table)
+        table = metrics.normalised_scores(table, differences)
     sbio.write_tsv(table, out_path)
     return table
 
@@ -350,7 +371,8 @@ def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
     return np.asarray(keep)
 
 
-def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
+def score_predictions(predictions_path, data_path, split_path,
+                      per_perturbation: bool = False):
     """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
     ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of the subset's
     perturbed cells) on all/train/val/test and GEARS' combo_seen{k} subsets, each subset
@@ -360,7 +382,8 @@ def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
 
     A predictions file that names its truth cells (the replicate ceiling) is scored as two
     halves of the data instead: the ceiling and the ``split_half_*`` rows
-    (``metrics.ceiling_metrics``)."""
+    (``metrics.ceiling_metrics``). ``per_perturbation``: also return the test perturbations'
+    rows (``metrics.perturbation_rows``) for the paired bootstrap, as (table, rows)."""
     data = contract.read(data_path)
     pred_ate = read_predictions(predictions_path, data)  # checks the file first
     keep = truth_cells(predictions_path, data)
@@ -374,13 +397,37 @@ def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
     subsets = {**metrics.subsets_from_split(labels, split, control),
                **metrics.combo_seen_subsets(labels, split, control)}
     if keep is not None:  # the split-half ceiling: half A against half B
-        return metrics.ceiling_metrics(metrics.truth_by_split(data[~keep], split[~keep]),
-                                       metrics.truth_by_split(data[keep], split[keep]), subsets)
-    truths = metrics.truth_by_split(data, split)
-    paper_ate = read_predictions(predictions_path, data, layer=PAPER_LAYER)
-    return pd.concat([metrics.heldout_metrics(pred_ate, truths, subsets),
-                      metrics.paper_metrics(paper_ate, truths["all"], subsets)],
-                     ignore_index=True)
+        halves = (metrics.truth_by_split(data[~keep], split[~keep]),
+                  metrics.truth_by_split(data[keep], split[keep]))
+        table = metrics.ceiling_metrics(*halves, subsets)
+        first, second = (h.get("test") for h in halves)
+    else:
+        truths = metrics.truth_by_split(data, split)
+        paper_ate = read_predictions(predictions_path, data, layer=PAPER_LAYER)
+        table = pd.concat([metrics.heldout_metrics(pred_ate, truths, subsets),
+                           metrics.paper_metrics(paper_ate, truths["all"], subsets)],
+                          ignore_index=True)
+        first, second = (pred_ate, None), truths.get("test")
+    if not per_perturbation:
+        return table
+    return table, _test_rows(first, second, subsets.get("test", []), keep is not None)
+
+
+def _test_rows(first, second, members, ceiling: bool) -> pd.DataFrame:
+    """Per test perturbation: ``metrics.perturbation_rows`` of the prediction (or half A)
+    against the test truth (or half B)."""
+    columns = ["perturbation", *metrics.SUM_COLUMNS, *metrics.ROW_METRICS]
+    if first is None or second is None:
+        return pd.DataFrame(columns=columns)
+    (pred, cells_a), (true, cells_b) = first, second
+    labels = [lab for lab in true.index if lab in set(members) and lab in pred.index]
+    if not labels:
+        return pd.DataFrame(columns=columns)
+    ref_b = metrics.perturbed_reference(true, cells_b)
+    ref = (metrics.perturbed_reference(pred, cells_a), ref_b) if ceiling else ref_b
+    rows = metrics.perturbation_rows(pred.loc[labels, true.columns].to_numpy(dtype=np.float64),
+                                     true.loc[labels].to_numpy(dtype=np.float64), ref, ceiling)
+    return rows.assign(perturbation=labels)[columns]
 
 
 def _check_finite(values: np.ndarray, labels, genes, where: str) -> None:
