@@ -230,3 +230,69 @@ def test_held_out_cells_are_the_truth_and_the_paper_variant_is_labelled(tmp_path
     # the memoriser looks better against a truth that contains its own training cells
     assert out["paper_ate_pearson", "test"] > out["ate_pearson", "test"] + 0.05
     assert ("paper_pearson_delta", "test") not in out  # only the paper's four metrics
+
+
+def _bootstrap_rows(truth, preds: dict, seeds=(0, 1)):
+    frames = []
+    for (model, family), pred in preds.items():
+        for seed in seeds:
+            rows = metrics.perturbation_rows(pred, truth)
+            frames.append(rows.assign(model=model, family=family, split="s", seed=seed,
+                                      perturbation=[f"P{i}" for i in range(len(truth))]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_bootstrap_rows_give_the_metrics_values():
+    rng = np.random.default_rng(3)
+    truth, pred = rng.normal(size=(12, 40)), rng.normal(size=(12, 40))
+    frame = lambda x: pd.DataFrame(x, index=[f"P{i}" for i in range(12)])  # noqa: E731
+    expected = metrics.ate_metrics(frame(pred), frame(truth), {"test": list(frame(pred).index)})
+    expected = expected.set_index("metric")["value"]
+    got = metrics.metrics_from_rows(np.ones(12), metrics.perturbation_rows(pred, truth))
+    for metric in ("ate_pearson", "ate_r2", "effect_rmse", "pearson_delta",
+                   "pearson_delta_top20"):
+        assert got[metric][0] == pytest.approx(expected[metric], abs=1e-9), metric
+
+
+def test_paired_bootstrap_marks_a_best_only_beyond_noise():
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(40, 60))
+    base = truth + rng.normal(0, 1.5, size=truth.shape)
+    close = base + rng.normal(0, 0.05, size=truth.shape)  # indistinguishable from the baseline
+    good = truth + rng.normal(0, 0.5, size=truth.shape)
+    tied = _bootstrap_rows(truth, {("lin", "linear"): base, ("m", "sams_vae"): close})
+    out = metrics.paired_bootstrap(tied, n_boot=300).set_index(["metric", "model"])
+    assert not out["best"].any()  # a lead within noise is no lead
+    row = out.loc[("pearson_delta", "m")]
+    assert row["diff_lo"] < row["diff_baseline"] < row["diff_hi"] and row["diff_lo"] < 0 < row["diff_hi"]
+    clear = _bootstrap_rows(truth, {("lin", "linear"): base, ("m", "sams_vae"): good})
+    out = metrics.paired_bootstrap(clear, n_boot=300).set_index(["metric", "model"])
+    assert out.loc[("pearson_delta", "m"), "best"] and out.loc[("effect_rmse", "m"), "best"]
+    assert out.loc[("pearson_delta", "m"), "diff_lo"] > 0
+    assert out.loc[("pearson_delta", "m"), "baseline"] == "lin"
+    # point values are the plain metrics (all perturbations, seeds averaged)
+    assert out.loc[("pearson_delta", "m"), "value"] == pytest.approx(
+        metrics.METRICS["pearson_delta"](good, truth, None))
+
+
+def test_normalised_scores_say_not_discriminative_when_the_gap_is_noise():
+    rows = [{"model": f, "family": f, "metric": "pearson_delta", "value": v}
+            for f, v in (("additive_mean", 0.971), ("replicate", 0.975), ("sams_vae", 0.5))]
+    differences = pd.DataFrame([{"split": "s", "metric": "pearson_delta", "model": "sams_vae",
+                                 "gap_lo": -0.002, "gap_hi": 0.01, "discriminative": False}])
+    out = metrics.normalised_scores(_table(rows), differences).set_index("model")
+    assert out["normalised"].isna().all()  # never -120
+    note = out.loc["sams_vae", "normalised_note"]
+    assert note.startswith("not discriminative here") and "0.975" in note and "0.971" in note
+    kept = metrics.normalised_scores(_table(rows), differences.assign(discriminative=True))
+    assert kept.set_index("model").loc["sams_vae", "normalised"] == pytest.approx(
+        (0.5 - 0.971) / (0.975 - 0.971))
+
+
+def test_score_table_has_one_row_per_model_and_split():
+    rows = [{"model": "m", "family": "sams_vae", "metric": "pearson_delta", "value": v,
+             "split": split, "normalised": np.nan}
+            for split, v in (("random", 0.8), ("ood", 0.2))]
+    table = metrics.score_table(_table(rows)).set_index(["model", "split"])
+    assert table.loc[("m", "random"), "pearson_delta"] == pytest.approx(0.8)
+    assert table.loc[("m", "ood"), "pearson_delta"] == pytest.approx(0.2)  # never their mean

@@ -369,6 +369,7 @@ def heldout_metrics(pred_ate: pd.DataFrame, truths: dict, subsets: dict[str, lis
         true_ate, cells = truth
         reference = perturbed_reference(true_ate, cells)
         frames.append(ate_metrics(pred_ate, true_ate, {name: subsets[name]}, reference))
+    frames = [f for f in frames if len(f)]
     table = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=METRIC_COLUMNS))
     if names is not None:
