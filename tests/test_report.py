@@ -368,3 +368,22 @@ def test_leaderboard_says_why_a_normalised_column_is_absent_and_cost_names_the_l
                           "seconds_mean": 1.0, "seconds_total": 1.0, "max_rss_mb": 1.0,
                           "steps_per_second": 2.0}])
     assert "load" in report.cost_html(cost, "e")
+
+
+def test_mask_heatmaps_get_a_caveat_when_masks_stay_near_their_start():
+    from samsbench.stages.figures import mask_caveat
+
+    assert "not learned yet" in mask_caveat(np.full((4, 5), 0.45))
+    assert mask_caveat(np.r_[np.full(10, 0.02), np.full(2, 0.5)]) == ""
+
+
+def test_training_curves_plot_the_reconstruction_term_not_the_loss():
+    from samsbench.plots.experiment import training_curves
+
+    runs = [{"model": m, "family": m, "split": "s", "seed": 0} for m in ("a", "b")]
+    hist = [pd.DataFrame({"step": [1, 2], "val_loss": [600.0 + k, 590.0 + k],
+                          "val_reconstruction": [580.0, 570.0]}) for k in (0, 10)]
+    fig = training_curves(runs, hist)
+    ax = fig.axes[0]
+    assert "reconstruction" in ax.get_title()
+    assert max(line.get_ydata().max() for line in ax.get_lines() if len(line.get_ydata())) == 580

@@ -108,8 +108,28 @@ def enrichment_heatmap(latents: list[str], titles: list[str], gmts: list[str], o
             continue
         mask = pd.DataFrame(adata.layers[MASK_LAYER], index=adata.obs_names.astype(str),
                             columns=adata.var_names.astype(str))
-        panels.append((title, mask, perturbation_targets(adata)))
+        caveat = mask_caveat(mask.to_numpy())
+        if caveat:
+            log.warning("%s: %s", title, caveat)
+        panels.append((title + (f"\n{caveat}" if caveat else ""), mask,
+                       perturbation_targets(adata)))
     _png(plot_enrichment.mask_heatmaps(panels, sets, library or ""), out, dpi=150)
+
+
+# q(mask) starts at sigmoid(mask_init_logits = 0) = 0.5; a mask whose probabilities mostly
+# stay near it has not been learned yet (too few steps), whatever the heatmap seems to show.
+MASK_INIT_PROB = 0.5
+
+
+def mask_caveat(mask_prob: np.ndarray, near: float = 0.2, share: float = 0.5) -> str:
+    """A warning for a heatmap's title when more than ``share`` of the mask probabilities
+    lie within ``near`` of their initial value, else ''."""
+    values = np.asarray(mask_prob, dtype=np.float64)
+    close = float(np.mean(np.abs(values - MASK_INIT_PROB) < near)) if values.size else 0.0
+    if close <= share:
+        return ""
+    return (f"caveat: {close:.0%} of mask probabilities within {near} of their initial "
+            f"{MASK_INIT_PROB} (not learned yet)")
 
 
 def enrichment_top_terms(table_path: str, library: str, alpha: float, out: str) -> None:
