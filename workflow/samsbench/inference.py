@@ -275,8 +275,10 @@ def _sampled_means(model, data, labels, n_particles, chunk, library_size, depths
                 drawn = np.stack([gen.choice(np.asarray(depths[r], dtype=np.float64), size=n_p)
                                   for r in range(r0, r0 + h.shape[1])], axis=1)
                 lib = torch.as_tensor(drawn, dtype=h.dtype, device=h.device)
-                matched[r0 : r0 + rows_per_block] += log2_cp10k(
-                    model.decoder.sample(h, lib)).sum(0).double()
+                # a forked random stream: the paper's draws stay those of predicted_means
+                with torch.random.fork_rng(devices=[h.device] if h.is_cuda else []):
+                    x = model.decoder.sample(h, lib)
+                matched[r0 : r0 + rows_per_block] += log2_cp10k(x).sum(0).double()
     paper = (sums / n_particles).cpu().numpy()
     return ((matched / n_particles).cpu().numpy() if depths is not None else paper), paper
 
