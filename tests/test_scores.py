@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samsbench import metrics
+from samsbench import ceiling, metrics
 
 
 def _table(rows):
@@ -147,31 +147,31 @@ def test_the_ceiling_is_what_the_true_effects_score_against_the_observed_truth()
     rng = np.random.default_rng(0)
     mu = rng.normal(0, 1, size=(30, 500)) * rng.uniform(0.2, 1.5, size=(30, 1))
     names = ("ate_pearson", "pearson_delta", "ate_r2", "effect_rmse")
-    scored, ceiling, noisy = {m: [] for m in names}, {m: [] for m in names}, []
+    scored, bounds, noisy = {m: [] for m in names}, {m: [] for m in names}, []
     top = None
     for _ in range(100):
         a, b = (mu + rng.normal(0, 1.2, size=mu.shape) for _ in range(2))
         truth = (a + b) / 2
         top = metrics.top_gene_indices(truth)
-        bound = metrics.ceiling_values(a, b)
+        bound = ceiling.ceiling_values(a, b)
         for m in names:
             scored[m].append(metrics.METRICS[m](mu, truth, top))
-            ceiling[m].append(bound[m])
+            bounds[m].append(bound[m])
         guess = mu + rng.normal(0, 1.0, size=mu.shape)
         noisy.append(metrics.METRICS["pearson_delta"](guess, truth, top))
     for m in names:
-        diff = np.asarray(scored[m]) - np.asarray(ceiling[m])
+        diff = np.asarray(scored[m]) - np.asarray(bounds[m])
         se = diff.std(ddof=1) / math.sqrt(len(diff))
         assert -4 * se < diff.mean() < 0.02, (m, diff.mean(), se)
-    assert np.mean(noisy) < np.mean(ceiling["pearson_delta"]) - 0.05
+    assert np.mean(noisy) < np.mean(bounds["pearson_delta"]) - 0.05
     # the split-half score itself understates it (each half has half the cells)
     a, b = (mu + rng.normal(0, 1.2, size=mu.shape) for _ in range(2))
     half = metrics.METRICS["pearson_delta"](a, b, top)
-    assert half < metrics.ceiling_values(a, b)["pearson_delta"] - 0.05
+    assert half < ceiling.ceiling_values(a, b)["pearson_delta"] - 0.05
 
 
 def test_attenuation_bound_hand_values():
-    out = metrics.attenuation_bound([0.6, 0.0, -0.3, 1.0, np.nan])
+    out = ceiling.attenuation_bound([0.6, 0.0, -0.3, 1.0, np.nan])
     assert out[0] == pytest.approx(math.sqrt(1.2 / 1.6))
     assert list(out[1:4]) == [0.0, 0.0, 1.0] and np.isnan(out[4])
 
@@ -236,7 +236,7 @@ def _bootstrap_rows(truth, preds: dict, seeds=(0, 1)):
     frames = []
     for (model, family), pred in preds.items():
         for seed in seeds:
-            rows = metrics.perturbation_rows(pred, truth)
+            rows = ceiling.perturbation_rows(pred, truth)
             frames.append(rows.assign(model=model, family=family, split="s", seed=seed,
                                       perturbation=[f"P{i}" for i in range(len(truth))]))
     return pd.concat(frames, ignore_index=True)
@@ -248,7 +248,7 @@ def test_bootstrap_rows_give_the_metrics_values():
     frame = lambda x: pd.DataFrame(x, index=[f"P{i}" for i in range(12)])  # noqa: E731
     expected = metrics.ate_metrics(frame(pred), frame(truth), {"test": list(frame(pred).index)})
     expected = expected.set_index("metric")["value"]
-    got = metrics.metrics_from_rows(np.ones(12), metrics.perturbation_rows(pred, truth))
+    got = ceiling.metrics_from_rows(np.ones(12), ceiling.perturbation_rows(pred, truth))
     for metric in ("ate_pearson", "ate_r2", "effect_rmse", "pearson_delta",
                    "pearson_delta_top20"):
         assert got[metric][0] == pytest.approx(expected[metric], abs=1e-9), metric
@@ -261,12 +261,12 @@ def test_paired_bootstrap_marks_a_best_only_beyond_noise():
     close = base + rng.normal(0, 0.05, size=truth.shape)  # indistinguishable from the baseline
     good = truth + rng.normal(0, 0.5, size=truth.shape)
     tied = _bootstrap_rows(truth, {("lin", "linear"): base, ("m", "sams_vae"): close})
-    out = metrics.paired_bootstrap(tied, n_boot=300).set_index(["metric", "model"])
+    out = ceiling.paired_bootstrap(tied, n_boot=300).set_index(["metric", "model"])
     assert not out["best"].any()  # a lead within noise is no lead
     row = out.loc[("pearson_delta", "m")]
     assert row["diff_lo"] < row["diff_baseline"] < row["diff_hi"] and row["diff_lo"] < 0 < row["diff_hi"]
     clear = _bootstrap_rows(truth, {("lin", "linear"): base, ("m", "sams_vae"): good})
-    out = metrics.paired_bootstrap(clear, n_boot=300).set_index(["metric", "model"])
+    out = ceiling.paired_bootstrap(clear, n_boot=300).set_index(["metric", "model"])
     assert out.loc[("pearson_delta", "m"), "best"] and out.loc[("effect_rmse", "m"), "best"]
     assert out.loc[("pearson_delta", "m"), "diff_lo"] > 0
     assert out.loc[("pearson_delta", "m"), "baseline"] == "lin"

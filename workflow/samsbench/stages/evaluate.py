@@ -1,6 +1,7 @@
 """The evaluate step: predict, score (metrics of a run), score an external predictions file,
 aggregate an experiment's metrics, and score recovery of a planted mask. The maths is in
-samsbench.metrics and samsbench.enrichment.recovery."""
+samsbench.metrics, samsbench.ceiling and samsbench.enrichment.recovery. Its ~450 lines are
+mostly the predictions file's reader and writer, whose checks belong with the scoring."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from samsbench import io as sbio
-from samsbench import metrics
+from samsbench import ceiling, metrics
 from samsbench.data import contract
 from samsbench.data.splits import read_split
 
@@ -104,7 +105,7 @@ def score(run: dict, data_path: str, split_path: str, predictions_path: str,
     skip = effect_metrics_skip_reason(data_path)
     if skip:
         log.info("ATE metrics of %s skipped: %s", predictions_path, skip)
-    rows, per = [], pd.DataFrame(columns=["perturbation", *metrics.SUM_COLUMNS])
+    rows, per = [], pd.DataFrame(columns=["perturbation", *ceiling.SUM_COLUMNS])
     if not skip:
         table, per = score_predictions(predictions_path, data_path, split_path,
                                        per_perturbation=True)
@@ -157,7 +158,7 @@ def aggregate(paths: list[str], out_path: str, perturbation_paths: list[str] | N
               differences_path: str | None = None) -> pd.DataFrame:
     """An experiment's metrics: every run's rows, with the normalised score beside the raw
     value (metrics.normalised_scores; issue 13). ``perturbation_paths``: the runs' test
-    perturbation rows; their paired bootstrap (metrics.paired_bootstrap) goes to
+    perturbation rows; their paired bootstrap (ceiling.paired_bootstrap) goes to
     ``differences_path`` and keeps a normalised score only where the ceiling-to-baseline gap
     is beyond its noise (issue 22)."""
     frames = [pd.read_csv(p, sep="\t") for p in paths]
@@ -167,7 +168,7 @@ def aggregate(paths: list[str], out_path: str, perturbation_paths: list[str] | N
         per = [pd.read_csv(p, sep="\t") for p in perturbation_paths]
         per = pd.concat([f for f in per if len(f)], ignore_index=True) if any(
             len(f) for f in per) else pd.DataFrame()
-        differences = metrics.paired_bootstrap(per)
+        differences = ceiling.paired_bootstrap(per)
         if differences_path is not None:
             sbio.write_tsv(differences, differences_path)
     if len(table):
@@ -382,8 +383,8 @@ def score_predictions(predictions_path, data_path, split_path,
 
     A predictions file that names its truth cells (the replicate ceiling) is scored as two
     halves of the data instead: the ceiling and the ``split_half_*`` rows
-    (``metrics.ceiling_metrics``). ``per_perturbation``: also return the test perturbations'
-    rows (``metrics.perturbation_rows``) for the paired bootstrap, as (table, rows)."""
+    (``ceiling.ceiling_metrics``). ``per_perturbation``: also return the test perturbations'
+    rows (``ceiling.perturbation_rows``) for the paired bootstrap, as (table, rows)."""
     data = contract.read(data_path)
     pred_ate = read_predictions(predictions_path, data)  # checks the file first
     keep = truth_cells(predictions_path, data)
@@ -399,7 +400,7 @@ def score_predictions(predictions_path, data_path, split_path,
     if keep is not None:  # the split-half ceiling: half A against half B
         halves = (metrics.truth_by_split(data[~keep], split[~keep]),
                   metrics.truth_by_split(data[keep], split[keep]))
-        table = metrics.ceiling_metrics(*halves, subsets)
+        table = ceiling.ceiling_metrics(*halves, subsets)
         first, second = (h.get("test") for h in halves)
     else:
         truths = metrics.truth_by_split(data, split)
@@ -414,9 +415,9 @@ def score_predictions(predictions_path, data_path, split_path,
 
 
 def _test_rows(first, second, members, ceiling: bool) -> pd.DataFrame:
-    """Per test perturbation: ``metrics.perturbation_rows`` of the prediction (or half A)
+    """Per test perturbation: ``ceiling.perturbation_rows`` of the prediction (or half A)
     against the test truth (or half B)."""
-    columns = ["perturbation", *metrics.SUM_COLUMNS, *metrics.ROW_METRICS]
+    columns = ["perturbation", *ceiling.SUM_COLUMNS, *ceiling.ROW_METRICS]
     if first is None or second is None:
         return pd.DataFrame(columns=columns)
     (pred, cells_a), (true, cells_b) = first, second
@@ -425,7 +426,7 @@ def _test_rows(first, second, members, ceiling: bool) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     ref_b = metrics.perturbed_reference(true, cells_b)
     ref = (metrics.perturbed_reference(pred, cells_a), ref_b) if ceiling else ref_b
-    rows = metrics.perturbation_rows(pred.loc[labels, true.columns].to_numpy(dtype=np.float64),
+    rows = ceiling.perturbation_rows(pred.loc[labels, true.columns].to_numpy(dtype=np.float64),
                                      true.loc[labels].to_numpy(dtype=np.float64), ref, ceiling)
     return rows.assign(perturbation=labels)[columns]
 

@@ -4,7 +4,10 @@ is a report item of its own.
 
 The leaderboard shows, per model (and split when there are several), every test metric as
 mean ± sd over seeds, and the baseline-normalised score next to it when metrics.tsv has a
-``normalised`` column (the evaluation's scores); the best value of each column is marked.
+``normalised`` column (the evaluation's scores); the best value of each column is marked only
+where the paired bootstrap (differences.tsv) shows it beyond noise, and each model's difference
+to the best simple baseline is shown with its interval. About 420 lines: the tables' data and
+their HTML, kept side by side.
 """
 
 from __future__ import annotations
