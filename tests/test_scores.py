@@ -296,3 +296,44 @@ def test_score_table_has_one_row_per_model_and_split():
     table = metrics.score_table(_table(rows)).set_index(["model", "split"])
     assert table.loc[("m", "random"), "pearson_delta"] == pytest.approx(0.8)
     assert table.loc[("m", "ood"), "pearson_delta"] == pytest.approx(0.2)  # never their mean
+
+
+def test_runs_write_perturbation_rows_and_aggregate_bootstraps_them(tmp_path):
+    """score() writes each run's test perturbation rows; aggregate() bootstraps them into
+    differences.tsv, whose point values are the runs' metrics."""
+    from helpers import tiny_dataset
+
+    from samsbench.stages import evaluate
+    from samsbench.stages import train as train_stage
+
+    data, split = tiny_dataset(str(tmp_path), kind="random")
+    metric_paths, row_paths = [], []
+    for family in ("additive_mean", "train_mean", "replicate"):
+        for seed in (0,):
+            run = tmp_path / f"{family}{seed}"
+            train_stage.train(data, split, {"family": family}, {}, str(run), seed,
+                              progress=False)
+            evaluate.predict(data, split, str(run / "model.pt"), str(run / "predictions.h5ad"))
+            ident = {"experiment": "e", "model": family, "family": family, "split": "random",
+                     "seed": seed}
+            evaluate.score(ident, data, split, str(run / "predictions.h5ad"),
+                           str(run / "model.pt"), str(run / "metrics.tsv"),
+                           perturbations_path=str(run / "rows.tsv"))
+            metric_paths.append(str(run / "metrics.tsv"))
+            row_paths.append(str(run / "rows.tsv"))
+    table = evaluate.aggregate(metric_paths[:2], str(tmp_path / "m.tsv"), row_paths[:2],
+                               str(tmp_path / "d.tsv"))
+    diffs = pd.read_csv(tmp_path / "d.tsv", sep="\t").set_index(["metric", "model"])
+    plain = table[(table["subset"] == "test") & (table["model"] == "train_mean")]
+    plain = plain.groupby("metric")["value"].mean()
+    for metric in ("ate_pearson", "pearson_delta", "effect_rmse"):
+        assert diffs.loc[(metric, "train_mean"), "value"] == pytest.approx(plain[metric],
+                                                                           abs=1e-9)
+    # with the ceiling: every normalised test score is given or says why not
+    table = evaluate.aggregate(metric_paths, str(tmp_path / "m.tsv"), row_paths,
+                               str(tmp_path / "d.tsv"))
+    test = table[(table["subset"] == "test") & (table["metric"] == "pearson_delta")]
+    assert (test["normalised"].notna() | (test["normalised_note"] != "")).all()
+    diffs = pd.read_csv(tmp_path / "d.tsv", sep="\t")
+    assert diffs["ceiling"].notna().all() and set(diffs["model"]) == {
+        "additive_mean", "train_mean", "replicate"}

@@ -414,7 +414,7 @@ def score_predictions(predictions_path, data_path, split_path,
     return table, _test_rows(first, second, subsets.get("test", []), keep is not None)
 
 
-def _test_rows(first, second, members, ceiling: bool) -> pd.DataFrame:
+def _test_rows(first, second, members, split_half: bool) -> pd.DataFrame:
     """Per test perturbation: ``ceiling.perturbation_rows`` of the prediction (or half A)
     against the test truth (or half B)."""
     columns = ["perturbation", *ceiling.SUM_COLUMNS, *ceiling.ROW_METRICS]
@@ -425,9 +425,9 @@ def _test_rows(first, second, members, ceiling: bool) -> pd.DataFrame:
     if not labels:
         return pd.DataFrame(columns=columns)
     ref_b = metrics.perturbed_reference(true, cells_b)
-    ref = (metrics.perturbed_reference(pred, cells_a), ref_b) if ceiling else ref_b
+    ref = (metrics.perturbed_reference(pred, cells_a), ref_b) if split_half else ref_b
     rows = ceiling.perturbation_rows(pred.loc[labels, true.columns].to_numpy(dtype=np.float64),
-                                     true.loc[labels].to_numpy(dtype=np.float64), ref, ceiling)
+                                     true.loc[labels].to_numpy(dtype=np.float64), ref, split_half)
     return rows.assign(perturbation=labels)[columns]
 
 
