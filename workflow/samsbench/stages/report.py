@@ -287,7 +287,7 @@ def leaderboard_html(table: pd.DataFrame, experiment: str) -> str:
     out = (_table(header, rows, f"leaderboard-{experiment}", tips)
            + f'<p style="font-size:11px;color:#555">{html.escape(note)}</p>')
     if notes:
-        out += ('<p style="font-size:11px;color:#555">Normalised columns not shown: '
+        out += ('<p style="font-size:11px;color:#555">Normalised scores not shown for '
                 + "; ".join(html.escape(n) for n in notes) + ".</p>")
     if has_diff:
         out += _differences_html(table, experiment, len(splits) > 1)
@@ -299,18 +299,19 @@ def _diff_text(r) -> str:
 
 
 def _normalised_notes(table: pd.DataFrame, metrics: list[str], shown: set) -> list[str]:
-    """Why a metric has no normalised column ("not discriminative here", with the numbers)."""
+    """Why a metric has no normalised column ("not discriminative here", with the numbers);
+    metrics and splits with the same reason share one line."""
     if "normalised_note" not in table.columns:
         return []
-    notes = []
+    by_note: dict[str, list[str]] = {}
     for m in metrics:
         if m in shown or m.endswith("iwelbo"):
             continue
         part = table[(table["metric"] == m) & (table["normalised_note"].astype(str) != "")]
         for split, rows in part.groupby("split", sort=False):
             where = f" ({split})" if table["split"].nunique() > 1 else ""
-            notes.append(f"{m}{where}: {rows['normalised_note'].iloc[0]}")
-    return notes
+            by_note.setdefault(rows["normalised_note"].iloc[0], []).append(f"{m}{where}")
+    return [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
 
 
 def _differences_html(table: pd.DataFrame, experiment: str, by_split: bool) -> str:
@@ -332,7 +333,9 @@ def _differences_html(table: pd.DataFrame, experiment: str, by_split: bool) -> s
             sign = -1 if m in LOWER_IS_BETTER else 1
             style = (";background:#e6f4ea" if sign * lo > 0 else
                      ";background:#fce8e6" if sign * hi < 0 else "")
-            cells.append((html.escape(_diff_text(r)), float(r["diff"]), style, ""))
+            diff, interval = _diff_text(r).split(" ", 1)
+            cells.append((f'{diff}<br><span style="font-size:10px;color:#666">{interval}</span>',
+                          float(r["diff"]), style, ""))
         rows.append(cells)
     bases = ", ".join(sorted({b for b in part["baseline"].astype(str) if b}))
     return ("<h4>Difference to the best simple baseline</h4>"
@@ -388,10 +391,17 @@ def provenance_html(record: dict, experiment: str) -> str:
             f"results/{html.escape(experiment)}/provenance.json and each run's summary.json.</p>")
 
 
-# The report's home page holds its description in a narrow column (max-w-lg); widen that
-# column so the leaderboard is readable without scrolling. Inside the report item's own page
-# the rule matches nothing.
-_WIDEN = "<style>div.prose.max-w-lg{max-width:min(62vw,1300px)!important}</style>"
+# The report's home page (Snakemake's template) centres its content in a screen-high box and
+# holds the description in a narrow column beside the rule graph: content taller or wider than
+# the box is then cut off or pushed away from the top. Align the box to the top left, give the
+# description the full width and let the rule graph wrap below it, so the leaderboard is
+# readable without a horizontal scroll. Inside the report item's own page these rules match
+# nothing.
+_WIDEN = ("<style>div.h-screen.overflow-auto.items-center{align-items:flex-start!important;"
+          "justify-content:flex-start!important}"
+          "div.grow.flex.gap-3.p-3.items-start{flex-wrap:wrap}"
+          "div.grow.flex.gap-3.p-3.items-start>div.py-2{flex:1 1 100%;min-width:0}"
+          "div.prose.max-w-lg{max-width:none!important}</style>")
 
 
 def summary_html(experiment: str, board: pd.DataFrame, cost: pd.DataFrame,
