@@ -237,7 +237,7 @@ def _export(args):
     paths = export.export_cell_eval(
         sbio.run_file(args.run, "model"), args.data, args.splits, args.out, n_cells=args.cells,
         mode=args.mode, predictions_path=sbio.run_file(args.run, "predictions"),
-        seed=args.seed, device=args.device, family=args.family or None)
+        seed=args.seed, device=args.device, family=args.family or None, clip=not args.no_clip)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0
@@ -433,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["auto", "mean", "sample"], default="auto",
                    help="sample cells from the model, or copies of its predicted mean; auto: "
                    "sample for a model with a likelihood (default auto)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="mean mode: instead of setting predicted values below 0 to 0, shift each "
+                   "gene in both files so none is negative (deltas unchanged: cell-eval's "
+                   "pearson_delta equals ours)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--family", default="", help="the config's family (needed for a plug-in)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")

@@ -231,12 +231,38 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
     """Mean log2(CP10k+1) of sampled counts per perturbation (models.md §5.3): fresh prior
     local latents per condition, globals shared within a chunk of particles, fixed seed. A
     model without a likelihood predicts its means directly. ``log_normalize=False`` averages
-    the samples themselves (continuous data)."""
+    the samples themselves (continuous data). Every sampled cell has ``library_size`` counts
+    (the paper's 10,000)."""
+    return _sampled_means(model, data, labels, n_particles, chunk, library_size, None, seed,
+                          log_normalize)[1]
+
+
+def predicted_means_matched(model, data, labels, depths, n_particles: int = 2500,
+                            chunk: int = 128, library_size: float = 1e4, seed: int = 0):
+    """(depth-matched, at ``library_size``) mean log2(CP10k+1) per label from the same latent
+    draws: the first draws each sampled cell's library size from ``depths[i]`` (the totals of
+    label i's own cells, so the prediction has the sampling zeros of the data it is scored
+    against), the second is ``predicted_means``."""
+    if len(depths) != len(labels):
+        raise ValueError(f"{len(depths)} depth arrays for {len(labels)} labels")
+    return _sampled_means(model, data, labels, n_particles, chunk, library_size, depths, seed,
+                          True)
+
+
+@torch.no_grad()
+@unchecked_distributions()
+def _sampled_means(model, data, labels, n_particles, chunk, library_size, depths, seed,
+                   log_normalize):
     if not model.has_likelihood:
-        return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
+        means = np.asarray(model.predict_means(list(labels)), dtype=np.float64)
+        return means, means
     torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
     dose = data.dosage_for_labels(list(labels))
-    sums = torch.zeros(len(labels), data.X.shape[1], dtype=torch.float64, device=data.X.device)
+    shape = (len(labels), data.X.shape[1])
+    sums = torch.zeros(shape, dtype=torch.float64, device=data.X.device)
+    matched = (torch.zeros(shape, dtype=torch.float64, device=data.X.device)
+               if depths is not None else None)
     for start in range(0, n_particles, chunk):
         n_p = min(chunk, n_particles - start)
         g, _ = model.sample_globals(n_p)
@@ -248,12 +274,18 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
             h = model.decoder_input(u, ctx)
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
             x = model.decoder.sample(h, lib)
-            if log_normalize:
-                y = log2_cp10k(x)
-            else:
-                y = x
+            y = log2_cp10k(x) if log_normalize else x
             sums[r0 : r0 + rows_per_block] += y.sum(0).double()
-    return (sums / n_particles).cpu().numpy()
+            if depths is not None:
+                drawn = np.stack([gen.choice(np.asarray(depths[r], dtype=np.float64), size=n_p)
+                                  for r in range(r0, r0 + h.shape[1])], axis=1)
+                lib = torch.as_tensor(drawn, dtype=h.dtype, device=h.device)
+                # a forked random stream: the paper's draws stay those of predicted_means
+                with torch.random.fork_rng(devices=[h.device] if h.is_cuda else []):
+                    x = model.decoder.sample(h, lib)
+                matched[r0 : r0 + rows_per_block] += log2_cp10k(x).sum(0).double()
+    paper = (sums / n_particles).cpu().numpy()
+    return ((matched / n_particles).cpu().numpy() if depths is not None else paper), paper
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ RUN_FILES = {
     "latents": "perturbation_latents.h5ad",
     "predictions": "predictions.h5ad",
     "metrics": "metrics.tsv",
+    "perturbation_metrics": "perturbation_metrics.tsv",
     "enrichment": "enrichment.tsv",
     "complex_recovery": "complex_recovery.tsv",
     "planted_programs": "planted_programs.tsv",
