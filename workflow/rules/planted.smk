@@ -26,3 +26,32 @@ rule mask_recovery:
         rule_message("Planted-mask recovery of {wildcards.experiment}")
     script:
         "../scripts/mask_recovery.py"
+
+
+# Planted-program recovery as a rate over seeds, per model and program, with the FDR of
+# each seed (samsbench.stages.enrich.program_rate): one seed's result is a coin flip.
+rule planted_program_rate:
+    input:
+        table=f"{RESULTS}/{{experiment}}/planted_programs.tsv",
+    output:
+        table=report(
+            f"{RESULTS}/{{experiment}}/planted_program_rate.tsv",
+            caption="../report/planted_program_rate.rst",
+            category="{experiment}",
+            subcategory="Mask recovery",
+        ),
+        figure=report(
+            f"{RESULTS}/{{experiment}}/figures/planted_program_rate.png",
+            caption="../report/planted_program_rate.rst",
+            category="{experiment}",
+            subcategory="Mask recovery",
+        ),
+    log:
+        f"{RESULTS}/logs/planted_program_rate/{{experiment}}.log",
+    localrule: True
+    conda:
+        "../../envs/samsbench.yaml"
+    message:
+        rule_message("Planted-program recovery rate of {wildcards.experiment}")
+    script:
+        "../scripts/planted_program_rate.py"

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 RUN_KEYS = ("experiment", "dataset", "model", "family", "split", "seed")
 # uns key of a predictions file naming the cells it is scored against (the replicate ceiling)
 TRUTH_CELLS_KEY = "truth_cells"
+# obs column of a simulation's combination classes (samsbench.data.simulate.CLASS_KEY)
+CLASS_KEY = "combination_class"
 
 
 def run_identity(run_dir: str) -> dict:
@@ -331,7 +333,8 @@ def truth_cells(predictions_path, data_adata: ad.AnnData) -> np.ndarray | None:
 def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
     """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
     ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of all perturbed
-    cells) on all/train/val/test and GEARS' combo_seen{k} subsets."""
+    cells) on all/train/val/test, GEARS' combo_seen{k} subsets and, for a simulation with
+    combination classes, the test perturbations of each class (metrics.class_subsets)."""
     data = contract.read(data_path)
     pred_ate = read_predictions(predictions_path, data)  # checks the file first
     # A predictions file may name the cells it is scored against (the replicate ceiling).
@@ -347,6 +350,8 @@ def score_predictions(predictions_path, data_path, split_path) -> pd.DataFrame:
     control = contract.control_label(data)
     subsets = {**metrics.subsets_from_split(labels, split, control),
                **metrics.combo_seen_subsets(labels, split, control)}
+    if CLASS_KEY in data.obs:  # a simulation's combination classes: one subset each
+        subsets.update(metrics.class_subsets(labels, split, data.obs[CLASS_KEY], control))
     cells = truth.obs[contract.PERTURBATION_KEY].astype(str).value_counts()
     reference = metrics.perturbed_reference(true_ate, cells)
     return metrics.ate_metrics(pred_ate, true_ate, subsets, reference)
