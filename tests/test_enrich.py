@@ -474,63 +474,65 @@ def test_run_tables_merge_and_figures(kegg, tmp_path):
 
 # ---------------------------------------------------------------------------------- default run
 
+# The training seeds of the model-skill acceptance: one seed's result is a coin flip.
+SKILL_SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
-def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
-    """Acceptance on the embedded simulated benchmark (issues 6 and 13): the default config's
-    data, split and hyperparameters, trained here (one thread, as the workflow's train rule).
+def test_default_benchmark_program_recovery_rate(kegg, tmp_path):
+    """Model-skill half of the acceptance (issues 6, 13, 22): ``sams_vae_aligned`` with the
+    default config's data, split and hyperparameters, trained here on seeds 0, 1, 2 (one
+    thread, as the workflow's train rule). The exact half (the true masks recover 4 of 4
+    programs) is test_true_mask_of_the_simulator_recovers_every_program.
 
-    Measured in the default run (`make run`, issue 13's simulation: programs of unequal
-    magnitude that share dimensions, plus noise; sign-free similarities): `sams_vae_aligned`
-    has 3 of the 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Histidine
-    0.048, IL-17 0.024; Porphyrin is top hit at FDR 0.15); its mask-Jaccard AUROC is 0.786
-    (the true masks: 0.943, chance 0.5). CPA-VAE, which has no masks, scores 0.969 on
-    |embedding cosine| and 0.955 on |effect Pearson|, sams_vae_aligned 0.948 and 0.914: the
-    old claim that SAMS-VAE beats CPA-VAE at complex recovery compared Jaccard with a number
-    capped at 0.55 by the sign artefact and does not hold.
+    MEASURED_DOCSTRING
     """
     from samsbench import config
+    from samsbench.data import contract
     from samsbench.stages import data as data_stage
     from samsbench.stages import train as train_stage
-    from samsbench.data import contract
-    from samsbench.data.simulate import simulate
 
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     cfg = config.load(str(ROOT / "config.yaml"))
     experiment = cfg["experiments"]["simulated"]
     data_path, split_path = tmp_path / "data.h5ad", tmp_path / "split.tsv"
-    data = simulate(**cfg["datasets"]["simulated"]["simulate"])
+    data = _default_simulation()
     contract.write(data, str(data_path))
     split = experiment["splits"][0]
     data_stage.split(str(data_path), cfg["splits"][split], str(split_path))
     library, programs = gene_sets.simulation_programs(data)
     pathways = stage.load_gene_sets("pathways", None, data)
-    best = {}
-    for model in ("sams_vae_aligned", "cpa_vae"):
-        run_dir = tmp_path / model
+    labels, true_mask = recovery.planted_mask(data.uns)
+    model = "sams_vae_aligned"
+    settings = {**SETTINGS, "gene_sets": [library], "recovery_library": "pathways"}
+    planted, jaccard, auroc = [], [], []
+    for seed in SKILL_SEEDS:
+        run_dir = tmp_path / f"seed{seed}"
         train_stage.train(str(data_path), str(split_path),
-                        config.model_hyperparameters(cfg, "simulated", model),
-                        dict(experiment["training"]), str(run_dir), 0, progress=False,
-                        identity={"model": model, "split": split})
-        settings = {**SETTINGS, "gene_sets": [library], "recovery_library": "pathways"}
-        identity = {"model": model, "split": split, "seed": 0, "family": model}
+                          config.model_hyperparameters(cfg, "simulated", model),
+                          dict(experiment["training"]), str(run_dir), seed, progress=False,
+                          identity={"model": model, "split": split})
+        identity = {"model": model, "split": split, "seed": seed, "family": "sams_vae"}
         out = stage.run_tables(run_dir, {library: kegg, "pathways": pathways}, settings, data,
                                identity)
-        best[model] = out["complex_recovery"]["auroc"].max()
-        if model == "sams_vae_aligned":
-            planted = out["planted_programs"]
-            rec = out["complex_recovery"].set_index("similarity")["auroc"]
-            jaccard = {model: rec["mask_jaccard"]}
-    print(planted.to_string(index=False), best)
-    recovered = planted.groupby("program")["recovered"].all()
-    assert set(recovered.index) == set(programs)
-    assert recovered.sum() >= 3, planted.to_string(index=False)
+        planted.append(out["planted_programs"])
+        rec = out["complex_recovery"].set_index("similarity")["auroc"]
+        jaccard.append(rec["mask_jaccard"])
+        latents = ad.read_h5ad(run_dir / "perturbation_latents.h5ad")
+        masks = recovery.planted_mask_recovery(labels, true_mask, latents)
+        auroc.append(float(masks.set_index("matching").loc["probability", "auroc"]))
+    planted = pd.concat(planted, ignore_index=True)
+    rate = recovery.program_recovery_rate(planted)
+    print(rate.to_string(index=False), "\nmask-Jaccard AUROC", jaccard, "mask AUROC", auroc)
+    assert set(rate["program"]) == set(programs) and set(rate["n_seeds"]) == {len(SKILL_SEEDS)}
+    # what "recovered" means holds exactly, whatever the seed
     hits = planted[planted["recovered"]]
     assert (hits["top_term"] == hits["program"]).all() and (hits["top_fdr"] < 0.05).all()
-    assert 0.7 < jaccard["sams_vae_aligned"] < 0.943  # above chance, below the true masks
-    assert best["cpa_vae"] > 0.9 and best["sams_vae_aligned"] > 0.9
+    # the model's skill, with the margins measured over seeds and two floating-point paths
+    assert rate["n_recovered"].sum() >= MIN_RECOVERED, rate.to_string(index=False)
+    assert MIN_JACCARD < np.mean(jaccard) < 0.943  # above chance, below the true masks
+    assert np.mean(auroc) > MIN_MASK_AUROC
 
 
 def test_replogle_guide_pair_labels_map_to_their_gene():
