@@ -131,3 +131,29 @@ def test_metrics_rows_per_class(tmp_path):
                                               data.obs[sim.CLASS_KEY], "non-targeting"))
     assert sorted(sum(members.tolist(), [])) == sorted(
         set(data.obs.loc[labels == "test", "perturbation"]))
+
+
+def test_class_table_and_figure(tmp_path):
+    from samsbench.stages import classes
+
+    rows = [("m", "sams_vae", "s", 0, "pearson_delta", "synergy", 0.5),
+            ("m", "sams_vae", "s", 1, "pearson_delta", "synergy", 0.7),
+            ("m", "sams_vae", "s", 0, "pearson_delta", "test", 0.9),
+            ("m", "sams_vae", "s", 0, "pearson_delta", "train", 0.1),   # not a class: left out
+            ("m", "sams_vae", "s", 0, "test_iwelbo", "test", -3.0),    # not a class metric
+            ("b", "additive_mean", "s", 0, "ate_r2", "dominant", -0.7)]
+    metrics_tsv = tmp_path / "metrics.tsv"
+    pd.DataFrame(rows, columns=["model", "family", "split", "seed", "metric", "subset",
+                                "value"]).to_csv(metrics_tsv, sep="\t", index=False)
+    table = classes.run(metrics_tsv, tmp_path / "c.tsv", tmp_path / "c.png")
+    assert list(table.columns) == classes.COLUMNS
+    got = {(r.model, r.subset, r.metric): (r.n_seeds, r.mean) for r in table.itertuples()}
+    assert got.keys() == {("m", "synergy", "pearson_delta"), ("m", "test", "pearson_delta"),
+                          ("b", "dominant", "ate_r2")}
+    assert got[("m", "synergy", "pearson_delta")] == (2, pytest.approx(0.6))
+    m = table[table["model"] == "m"]
+    assert list(m["subset"]) == ["test", "synergy"]  # the whole test set first
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    empty = classes.class_table(pd.DataFrame(columns=["model", "family", "split", "seed",
+                                                      "metric", "subset", "value"]))
+    assert empty.empty

@@ -101,8 +101,8 @@ def dataset_reader(experiment):
 
 
 def planted_targets(experiment):
-    """The mask-recovery table, for a dataset with a planted mask, and the planted-program
-    rate where it has gene symbols (planted.smk)."""
+    """The mask-recovery table, for a dataset with a planted mask, the planted-program rate
+    where it has gene symbols, and the scores by combination class (planted.smk)."""
     reader = dataset_reader(experiment)
     if not reader.planted_mask:
         return []
@@ -111,6 +111,12 @@ def planted_targets(experiment):
         out += [
             f"{RESULTS}/{experiment}/planted_program_rate.tsv",
             f"{RESULTS}/{experiment}/figures/planted_program_rate.png",
+        ]
+    dataset = config["datasets"][config["experiments"][experiment]["dataset"]]
+    if (dataset.get("simulate") or {}).get("combination_classes"):
+        out += [
+            f"{RESULTS}/{experiment}/class_scores.tsv",
+            f"{RESULTS}/{experiment}/figures/class_scores.png",
         ]
     return out
 

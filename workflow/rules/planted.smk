@@ -1,7 +1,8 @@
-# Recovery of a planted mask (simulated datasets): precision / recall / F1 and AUROC of every
-# masked run's q(mask), under the reference's matching convention and ours
-# (samsbench.stages.evaluate.mask_recovery; targets: planted_targets in common.smk). Uses from
-# common.smk: RESULTS, prepared, runs(experiment), run_files.
+# Planted truth of simulated datasets: recovery of a planted mask (precision / recall / F1 and
+# AUROC of every masked run's q(mask), under the reference's matching convention and ours;
+# samsbench.stages.evaluate.mask_recovery), of planted programs over seeds, and the scores by
+# combination class. Targets: planted_targets in common.smk. Uses from common.smk: RESULTS,
+# prepared, runs(experiment), run_files, rule_message.
 
 
 rule mask_recovery:
@@ -55,3 +56,32 @@ rule planted_program_rate:
         rule_message("Planted-program recovery rate of {wildcards.experiment}")
     script:
         "../scripts/planted_program_rate.py"
+
+
+# Scores per combination class of a simulation's held-out doubles (docs/simulation.md;
+# samsbench.stages.classes): the class subsets of metrics.tsv as one table and figure.
+rule class_scores:
+    input:
+        metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
+    output:
+        table=report(
+            f"{RESULTS}/{{experiment}}/class_scores.tsv",
+            caption="../report/class_scores.rst",
+            category="{experiment}",
+            subcategory="Scores by combination class",
+        ),
+        figure=report(
+            f"{RESULTS}/{{experiment}}/figures/class_scores.png",
+            caption="../report/class_scores.rst",
+            category="{experiment}",
+            subcategory="Scores by combination class",
+        ),
+    log:
+        f"{RESULTS}/logs/class_scores/{{experiment}}.log",
+    localrule: True
+    conda:
+        "../../envs/samsbench.yaml"
+    message:
+        rule_message("Scores by combination class of {wildcards.experiment}")
+    script:
+        "../scripts/class_scores.py"
