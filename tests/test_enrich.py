@@ -485,7 +485,16 @@ def test_default_benchmark_program_recovery_rate(kegg, tmp_path):
     thread, as the workflow's train rule). The exact half (the true masks recover 4 of 4
     programs) is test_true_mask_of_the_simulator_recovers_every_program.
 
-    MEASURED_DOCSTRING
+    Measured with exactly this code (issue 22's default simulation; one thread), programs
+    recovered of 4 per training seed 0 / 1 / 2 / 3: 1 / 2 / 1 / 1 on the native kernels and
+    1 / 2 / 2 / 1 with ``ATEN_CPU_CAPABILITY=default`` (Histidine in every run, IL-17 in 3 of
+    8, Glyoxylate and Porphyrin in none, at FDR 0.16-1.0): over seeds 0-2, 4 and 5 of 12.
+    Mask-Jaccard AUROC (complex recovery; the true masks: 0.943) per seed 0.708 / 0.782 /
+    0.709 / 0.788 and 0.716 / 0.793 / 0.682 / 0.814, mean over seeds 0-2 0.733 and 0.730;
+    planted-mask AUROC 0.887 / 0.929 / 0.936 / 0.921 and 0.899 / 0.924 / 0.933 / 0.923, mean
+    over seeds 0-2 0.917 and 0.919. Asserted with margins: at least 2 of 12 programs (one seed
+    alone always had at least 1), mean Jaccard AUROC above 0.62 (0.06 below the worst single
+    seed) and mean mask AUROC above 0.86 (0.027 below the worst single seed).
     """
     from samsbench import config
     from samsbench.data import contract
@@ -530,9 +539,9 @@ def test_default_benchmark_program_recovery_rate(kegg, tmp_path):
     hits = planted[planted["recovered"]]
     assert (hits["top_term"] == hits["program"]).all() and (hits["top_fdr"] < 0.05).all()
     # the model's skill, with the margins measured over seeds and two floating-point paths
-    assert rate["n_recovered"].sum() >= MIN_RECOVERED, rate.to_string(index=False)
-    assert MIN_JACCARD < np.mean(jaccard) < 0.943  # above chance, below the true masks
-    assert np.mean(auroc) > MIN_MASK_AUROC
+    assert rate["n_recovered"].sum() >= 2, rate.to_string(index=False)
+    assert 0.62 < np.mean(jaccard) < 0.943  # above chance, below the true masks
+    assert np.mean(auroc) > 0.86
 
 
 def test_replogle_guide_pair_labels_map_to_their_gene():
