@@ -78,8 +78,8 @@ def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
 
     Measured with exactly these settings over training seeds 0, 1, 2 on two floating-point
     paths (native / ``ATEN_CPU_CAPABILITY=default``): AUROC 0.919 / 0.924, 0.916 / 0.910,
-    0.907 / 0.904 (mean 0.913, sd 0.007, range 0.904-0.924); density 0.161-0.186 (truth
-    0.128). The test trains seed 0 and asserts AUROC >= 0.87, 0.034 (about five sd) below the
+    0.907 / 0.904 (mean 0.913, sd 0.008, range 0.904-0.924); density 0.161-0.186 (truth
+    0.128). The test trains seed 0 and asserts AUROC >= 0.87, 0.034 (about four sd) below the
     lowest of the six. The same model without alignment reaches AUROC 0.816 and density 0.43
     (its latent space ends rotated against the true axes; docs/mask_recovery.md,
     bench/studies/prior_recovery.py).
