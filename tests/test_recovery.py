@@ -112,7 +112,10 @@ def test_additive_models_predict_held_out_combinations_and_svae_plus_cannot(tmp_
         pred = evaluate.read_predictions(predictions, adata).loc[held_out]
         scores[family] = float(np.corrcoef(pred.to_numpy().ravel(), true_ate.to_numpy().ravel())[0, 1])
     print("held-out combination ATE Pearson", scores)
-    # Measured: cpa_vae 0.964, additive_mean 0.836, svae_plus 0.155.
+    # Measured on two floating-point paths (native / ATEN_CPU_CAPABILITY=default), seed 0:
+    # cpa_vae 0.970 / 0.968, additive_mean 0.862 (no training), svae_plus -0.23 / +0.25. SVAE+
+    # has never seen these combinations, so its r is chance and its sign a coin flip: the bound
+    # is 0.5, twice the largest measured.
     assert scores["cpa_vae"] >= 0.8
     assert scores["additive_mean"] >= 0.8
-    assert abs(scores["svae_plus"]) < 0.3
+    assert abs(scores["svae_plus"]) < 0.5
