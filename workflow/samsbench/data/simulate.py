@@ -16,8 +16,8 @@ docs/simulation.md), each cell's class in ``obs["combination_class"]``:
   the expression effect non-additive (the SAMS-VAE / CPA premise);
 * ``synergy``, ``buffering``: the latent shift is ``SYNERGY_GAIN`` or ``BUFFERING_GAIN`` times
   the sum (stronger or weaker than additive, as Norman et al. 2019 classify pairs);
-* ``dominant``: the pair acts as one of its two singles (the first of the pair in
-  ``uns["simulation"]["dominant"]``), the other's effect is masked.
+* ``dominant``: the pair acts as one of its two singles, drawn at random and recorded in
+  ``uns["simulation"]["dominant"]``; the other's effect is masked.
 """
 
 from __future__ import annotations
