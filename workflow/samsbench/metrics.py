@@ -442,6 +442,19 @@ def combo_seen_subsets(labels_per_cell, split_per_cell, control: str) -> dict[st
     return dict(sorted(out.items()))
 
 
+def class_subsets(labels_per_cell, split_per_cell, classes_per_cell,
+                  control: str) -> dict[str, list[str]]:
+    """The test perturbations by their class (a simulation's ``obs["combination_class"]``,
+    issue 22): {class: test labels of that class}, one subset per class that has test cells;
+    the ``single`` and ``control`` labels are not classes."""
+    frame = pd.DataFrame({"label": np.asarray(labels_per_cell, dtype=str),
+                          "split": np.asarray(split_per_cell, dtype=str),
+                          "cls": np.asarray(classes_per_cell, dtype=str)})
+    test = frame[(frame["split"] == "test") & (frame["label"] != control)
+                 & ~frame["cls"].isin(["single", "control", "", "nan"])]
+    return {c: sorted(g["label"].unique()) for c, g in test.groupby("cls", sort=True)}
+
+
 # --------------------------------------------------------------------------------------------
 # Scores normalised between the best simple baseline and the replicate ceiling (issue 13)
 # --------------------------------------------------------------------------------------------

@@ -178,3 +178,33 @@ def training_curves(runs: list[dict], histories: list[pd.DataFrame]):
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def class_scores_plot(table: pd.DataFrame):
+    """Per combination class (x) the score of every model (one line each), one panel per
+    metric: where composing in a latent space helps and where additivity fails (issue 22)."""
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no combination classes in this experiment", ha="center")
+        return fig
+    metrics = list(dict.fromkeys(table["metric"]))
+    subsets = list(dict.fromkeys(table["subset"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    models = table.drop_duplicates("model")[["model", "family"]]
+    colours = {m: FAMILY_COLOURS.get(f, "#888888") for m, f in zip(models["model"], models["family"])}
+    for ax, metric in zip(axes[0], metrics):
+        part = table[table["metric"] == metric].groupby(["model", "subset"])["mean"].mean()
+        for model in models["model"]:
+            if model not in part.index.get_level_values(0):
+                continue
+            values = part[model].reindex(subsets)
+            ax.plot(range(len(subsets)), values.to_numpy(), "o-", color=colours[model],
+                    label=model, lw=1, ms=3)
+        ax.set_xticks(range(len(subsets)), [s.replace("_", "\n") for s in subsets], fontsize=7)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Held-out combinations by class (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig

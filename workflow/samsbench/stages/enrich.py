@@ -443,6 +443,19 @@ def write_tables(tables: Mapping[str, pd.DataFrame], outputs: Mapping[str, str])
         log.info("%s: %d rows -> %s", key, len(table), outputs[key])
 
 
+def program_rate(planted_tsv, out_tsv, out_png) -> pd.DataFrame:
+    """Planted-program recovery as a rate over seeds (recovery.program_recovery_rate) from
+    an experiment's merged planted_programs.tsv, as a table and a figure."""
+    from samsbench.plots import enrichment as figures
+
+    path = Path(planted_tsv)
+    planted = pd.read_csv(path, sep="\t") if path.stat().st_size > 0 else pd.DataFrame()
+    rates = recovery.program_recovery_rate(planted)
+    sbio.write_tsv(rates, out_tsv)
+    sbio.write_png(figures.program_rate_plot(rates), out_png)
+    return rates
+
+
 def merge(inputs: Mapping[str, Iterable[str]], outputs: Mapping[str, str]) -> None:
     """Concatenate the per-run tables of an experiment, table by table."""
     for key, columns in TABLES.items():

@@ -26,6 +26,8 @@ TRUTH_CELLS_KEY = "truth_cells"
 # layer of a predictions file with the paper's prediction (10,000 counts per sampled cell);
 # X holds the depth-matched one (library sizes drawn from each perturbation's own cells)
 PAPER_LAYER = "paper_1e4"
+# obs column of a simulation's combination classes (samsbench.data.simulate.CLASS_KEY)
+CLASS_KEY = "combination_class"
 
 
 def run_identity(run_dir: str) -> dict:
@@ -409,7 +411,8 @@ def score_predictions(predictions_path, data_path, split_path,
                       per_perturbation: bool = False):
     """Score a predictions h5ad against a prepared dataset and its split TSV: the metrics of
     ``metrics.METRICS`` and ``metrics.REFERENCE_METRICS`` (against the mean of the subset's
-    perturbed cells) on all/train/val/test and GEARS' combo_seen{k} subsets, each subset
+    perturbed cells) on all/train/val/test, GEARS' combo_seen{k} subsets and, for a simulation with
+    combination classes, the test perturbations of each class (metrics.class_subsets), each subset
     against its own held-out cells (``metrics.truth_by_split``: a perturbation's test cells
     for the test subsets, all controls), and the paper's ``paper_*`` rows (its four metrics
     against all cells, from the ``paper_1e4`` layer when the file has one).
@@ -430,6 +433,8 @@ def score_predictions(predictions_path, data_path, split_path,
         )
     subsets = {**metrics.subsets_from_split(labels, split, control),
                **metrics.combo_seen_subsets(labels, split, control)}
+    if CLASS_KEY in data.obs:  # a simulation's combination classes: one subset each
+        subsets.update(metrics.class_subsets(labels, split, data.obs[CLASS_KEY], control))
     if keep is not None:  # the split-half ceiling: half A against half B
         halves = (metrics.truth_by_split(data[~keep], split[~keep]),
                   metrics.truth_by_split(data[keep], split[keep]))
