@@ -10,11 +10,19 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 min_version("8.20")
 
-# a syntax error in the default config file, with its line and column
-if os.path.exists("config.yaml"):
-    from samsbench.config import read_yaml
+# jobs stop when this process is gone (workflow/scripts/_log.py: watch_snakemake); set here,
+# not asked of users
+os.environ.update(SAMSBENCH_SNAKEMAKE_PID=str(os.getpid()))
 
-    read_yaml("config.yaml")
+# config.yaml and each --configfile: a syntax error names its line and column, a key written
+# twice both its lines (Snakemake's loader would keep the last one silently)
+from samsbench.config import read_yaml
+
+for _path in ["config.yaml"] + list(
+    getattr(workflow, "overwrite_configfiles", None) or []
+):
+    if os.path.exists(_path):
+        read_yaml(str(_path))
 
 
 configfile: "config.yaml"

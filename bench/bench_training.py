@@ -15,9 +15,48 @@ import argparse
 from child import peak_rss_mb, run_child
 
 
+def make_data(cells: int, genes: int, perturbations: int, combinations: int = 0):
+    """The generated counts (float32, cells x genes) and each cell's label: negative-binomial-
+    like counts, 2,000 control cells, the rest spread over the perturbations (and, for a
+    Norman shape, fixed pairs of singles)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, G, T = cells, genes, perturbations
+    labels = ["non-targeting"] + [f"P{i:03d}" for i in range(T)]
+    pairs = [f"P{i:03d}+P{(7 * i + 3) % T:03d}" for i in range(combinations)
+             if (7 * i + 3) % T != i]
+    labels = np.array(labels + pairs, dtype=object)
+    obs_labels = labels[np.concatenate([np.zeros(2000, int),
+                                        rng.integers(1, len(labels), n - 2000)])]
+    X = np.empty((n, G), dtype=np.float32)
+    mean = rng.gamma(0.5, 2.0, G).astype(np.float32)
+    for s in range(0, n, 8192):  # chunked, so generation itself stays small
+        rows = min(8192, n - s)
+        X[s:s + rows] = rng.poisson(mean * rng.gamma(2.0, 0.5, (rows, 1)))
+    return X, obs_labels.astype(str)
+
+
+def write_data(folder: str, cells: int, genes: int, perturbations: int,
+               combinations: int = 0) -> str:
+    """``make_data`` once, to ``folder`` (X.npy, labels.npy), for processes that share it
+    (``train_steps``' ``data_dir``): each reads the file instead of generating it again."""
+    import os
+
+    import numpy as np
+
+    X, labels = make_data(cells, genes, perturbations, combinations)
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, "labels.npy"), labels)
+    np.save(os.path.join(folder, "X.npy"), X)
+    return folder
+
+
 def train_steps(args: dict) -> dict:
-    """One measurement, meant for a fresh process (``measure``): generate the data, build the
-    model, take 5 untimed steps, then time blocks of 10 steps."""
+    """One measurement, meant for a fresh process (``measure``): load or generate the data,
+    build the model, take 5 untimed steps, then time blocks of 10 steps. The step is the
+    engine's (``inference.make_step``; ``compile``: the training setting, auto = compiled on
+    CUDA), on minibatches of 512 cells drawn on the device."""
     import os
     import resource
     import time
@@ -39,20 +78,17 @@ def train_steps(args: dict) -> dict:
         inference.keep_freed_memory()  # as inference.train does on CPU
     inference.unchecked_distributions().__enter__()  # as inference.train: no argument checks
 
-    rng = np.random.default_rng(0)
-    n, G, T = args["cells"], args["genes"], args["perturbations"]
-    labels = ["non-targeting"] + [f"P{i:03d}" for i in range(T)]
-    # Optional double perturbations (Norman-shaped): fixed pairs of singles, additive encoding.
-    pairs = [f"P{i:03d}+P{(7 * i + 3) % T:03d}" for i in range(args.get("combinations", 0))
-             if (7 * i + 3) % T != i]
-    labels = np.array(labels + pairs, dtype=object)
-    obs_labels = labels[np.concatenate([np.zeros(2000, int),
-                                        rng.integers(1, len(labels), n - 2000)])]
-    X = np.empty((n, G), dtype=np.float32)
-    mean = rng.gamma(0.5, 2.0, G).astype(np.float32)
-    for s in range(0, n, 8192):  # chunked, so generation itself stays small
-        rows = min(8192, n - s)
-        X[s:s + rows] = rng.poisson(mean * rng.gamma(2.0, 0.5, (rows, 1)))
+    if args.get("data_dir"):  # written once by write_data, shared by the packed processes
+        import warnings
+
+        # read-only memory map: on CPU the packed processes share its pages; nothing writes X
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        X = np.load(os.path.join(args["data_dir"], "X.npy"), mmap_mode="r")
+        obs_labels = np.load(os.path.join(args["data_dir"], "labels.npy"))
+    else:
+        X, obs_labels = make_data(args["cells"], args["genes"], args["perturbations"],
+                                  args.get("combinations", 0))
+    n, G = X.shape
     adata = ad.AnnData(X=X, obs=pd.DataFrame({"perturbation": obs_labels},
                                              index=[f"c{i}" for i in range(n)]),
                        var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
@@ -73,15 +109,14 @@ def train_steps(args: dict) -> dict:
     optim = inference.make_optimizer(model, 3e-4, 1e-6)  # as training: fused Adam
     index = data.split_index("train")
     inv = inference.inverse_counts(data.dose_counts("train"))
+    compiled = inference.use_compile(args.get("compile", "auto"), device)
+    train_step = inference.make_step(model, data, inv, 5, None, compiled=compiled, strict=True)
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def step():
-        rows = index[torch.randint(len(index), (512,)).to(device)]
-        x, D = data.X[rows], data.dosage(data.codes[rows])
-        out = inference.minibatch_loss(model, x, D, inv, 5)  # as a training step
-        optim.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optim.step()
-        return out.loss
+        # always 512 cells (one compiled graph), drawn on the device: no copy from the host
+        rows = index[torch.randint(len(index), (512,), generator=gen, device=device)]
+        return train_step(rows, optim)[0]
 
     for _ in range(5):
         step().item()
@@ -106,7 +141,7 @@ def train_steps(args: dict) -> dict:
     return {"steps_per_second": 10 * len(seconds) / sum(seconds),
             "median_steps_per_second": 10 / float(np.median(seconds)),
             "page_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": gpu_peak}
+            "peak_gpu_mb": gpu_peak, "compiled": compiled}
 
 
 def measure(**kwargs) -> dict:
@@ -122,6 +157,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--families", nargs="+", default=["sams_vae", "sams_vae_mean_field"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="training.compile for the step (auto: compiled on CUDA only)")
     parser.add_argument("--plain-allocator", action="store_true",
                         help="skip inference.keep_freed_memory (glibc defaults), for comparison")
     args = parser.parse_args(argv)
@@ -131,7 +168,7 @@ def main(argv=None) -> list[dict]:
     for family in args.families:
         r = measure(cells=args.cells, genes=args.genes, perturbations=args.perturbations,
                     steps=args.steps, threads=args.threads, family=family,
-                    plain_allocator=args.plain_allocator)
+                    plain_allocator=args.plain_allocator, compile=args.compile)
         rows.append({"family": family, **r})
         print(f"{family:22s} {args.cells:8d} {args.genes:6d} {r['steps_per_second']:8.2f} "
               f"{r['median_steps_per_second']:7.2f} {r['page_faults_per_step']:11.0f} "

@@ -9,16 +9,20 @@ the seed-to-seed spread of each is the yardstick for a difference between them. 
 the embedded simulation with 120 background perturbations added (152 singles), so that a
 minibatch of 128 cells holds only some of the perturbations, as on Replogle.
 
-Usage: python bench/equal_steps.py [--steps N] [--seeds 0 1] [--threads 2]
+Usage: python bench/equal_steps.py [--steps N] [--seeds 0 1] [--threads 2] [--device cuda]
+[--parallel] [--smoke]. On CUDA "fast" is the compiled step (``training.compile: auto``) and
+"direct" the eager direct formulas, so the comparison covers the capture as well. ``--parallel``
+runs the runs as processes at the same time (a GPU has room for them).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import tempfile
 
-from child import run_child
+from child import child_command, read_result, run_child
 
 
 def train_once(args: dict) -> dict:
@@ -44,8 +48,11 @@ def train_once(args: dict) -> dict:
         Dosage.charge = lambda self, r: r @ self.dense.T
         SamsVAE.samples_column_subsets = False
 
-    return train_stage.train(args["data"], args["split"], args["hp"], args["training"],
-                             args["run_dir"], args["seed"], progress=False)
+    training = {**args["training"],
+                "compile": "off" if args["mode"] == "direct" else "auto"}
+    return train_stage.train(args["data"], args["split"], args["hp"], training,
+                             args["run_dir"], args["seed"], device=args.get("device", "auto"),
+                             progress=False)
 
 
 MODEL = dict(family="sams_vae", n_latent=12, n_layers=1, encoder_n_hidden=128,
@@ -58,6 +65,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--parallel", action="store_true",
+                        help="run every (mode, seed) at the same time, one process each")
+    parser.add_argument("--smoke", action="store_true", help="a small simulation (seconds)")
     args = parser.parse_args(argv)
 
     from samsbench.data import contract, splits
@@ -65,7 +76,9 @@ def main(argv=None) -> list[dict]:
 
     with tempfile.TemporaryDirectory(prefix="equal_steps_") as work:
         data_path, split_path = os.path.join(work, "data.h5ad"), os.path.join(work, "split.tsv")
-        contract.write(simulate(n_background=120, seed=0), data_path)
+        sim = dict(n_background=12, cells_per_perturbation=20, n_control=100) if args.smoke \
+            else dict(n_background=120)
+        contract.write(simulate(**sim, seed=0), data_path)
         labels = splits.make_split(contract.read(data_path).obs["perturbation"].to_numpy(),
                                    "random", seed=0)
         splits.write_split(contract.read(data_path).obs_names, labels, split_path)
@@ -73,16 +86,26 @@ def main(argv=None) -> list[dict]:
         rows = []
         print(f"{'mode':7s} {'seed':>4s} {'val IWELBO':>11s} {'best val loss':>14s} "
               f"{'steps/s':>8s}")
-        for seed in args.seeds:
-            for mode in ("direct", "fast"):
-                child = dict(mode=mode, seed=seed, threads=args.threads, data=data_path,
-                             split=split_path, hp=MODEL, training=training,
-                             run_dir=os.path.join(work, f"{mode}_{seed}"))
-                summary = run_child(train_once, child)
-                rows.append({"mode": mode, "seed": seed, **summary})
-                print(f"{mode:7s} {seed:4d} {summary['val_iwelbo']:11.2f} "
-                      f"{summary['best_val_loss']:14.2f} "
-                      f"{summary['timing']['steps_per_second']:8.1f}", flush=True)
+        runs = [dict(mode=mode, seed=seed, threads=args.threads, data=data_path,
+                     split=split_path, hp=MODEL, training=training, device=args.device,
+                     run_dir=os.path.join(work, f"{mode}_{seed}"))
+                for seed in args.seeds for mode in ("direct", "fast")]
+        if args.parallel:
+            procs = [subprocess.Popen(child_command(train_once, run), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for run in runs]
+            summaries = []
+            for p in procs:
+                out, err = p.communicate()
+                if p.returncode:
+                    raise RuntimeError(f"equal-steps run failed:\n{err[-3000:]}")
+                summaries.append(read_result(out))
+        else:
+            summaries = (run_child(train_once, run) for run in runs)
+        for run, summary in zip(runs, summaries):
+            rows.append({"mode": run["mode"], "seed": run["seed"], **summary})
+            print(f"{run['mode']:7s} {run['seed']:4d} {summary['val_iwelbo']:11.2f} "
+                  f"{summary['best_val_loss']:14.2f} "
+                  f"{summary['timing']['steps_per_second']:8.1f}", flush=True)
     return rows
 
 

@@ -1,7 +1,10 @@
 """Measure training steps/s per family on the Replogle- and Norman-shaped settings of
 bench/gpu_check.py and write them as rows of the speed table that ``samsbench plan`` reads
-(workflow/samsbench/data/resources/speed_table.tsv): family, dataset, device, steps/s, and
-where, when and how they were measured. Existing rows of other devices or hosts are kept.
+(workflow/samsbench/data/resources/speed_table.tsv): family, dataset, device, steps/s (kind
+``train``: one run), and where, when and how they were measured. Existing rows of other
+devices or hosts are kept. Packed rows (kind ``packed``: the summed steps/s of
+``runs_per_device`` runs on one device, from gpu_check's packed rows) are added by hand with
+their provenance; ``samsbench plan`` takes the packing gain from them.
 
     python bench/speed_table.py --device cpu --steps 30      # what this repository holds
     python bench/speed_table.py --device cuda                # on a GPU machine
@@ -51,6 +54,7 @@ def main(argv=None):
                         plain_allocator=False, device=args.device)
             rows.append({"family": family, "dataset": dataset, "device": args.device,
                          "steps_per_second": round(r["median_steps_per_second"], 3),
+                         "kind": "train", "runs_per_device": 1,
                          "threads": args.threads, "measured_on": args.where, "date": when,
                          "how": f"bench/speed_table.py --device {args.device} "
                                 f"--steps {args.steps} --threads {args.threads}"
@@ -59,7 +63,9 @@ def main(argv=None):
     new = pd.DataFrame(rows)
     if os.path.exists(args.table):
         old = pd.read_csv(args.table, sep="\t")
-        keys = ["family", "dataset", "device", "measured_on"]
+        keys = ["family", "dataset", "device", "kind", "runs_per_device", "measured_on"]
+        for column, default in (("kind", "train"), ("runs_per_device", 1)):
+            old[column] = old[column].fillna(default) if column in old else default
         old = old[~old[keys].apply(tuple, axis=1).isin(new[keys].apply(tuple, axis=1))]
         new = pd.concat([old, new], ignore_index=True)
     tmp = f"{args.table}.tmp-{os.getpid()}"

@@ -210,3 +210,99 @@ def stale_part(directory, name: str) -> str:
     with open(path, "wb") as fh:
         fh.write(H5_BODY[:100])
     return path
+
+
+# -- issue 24 --------------------------------------------------------------------------------
+
+DUPLICATE_TOP_KEY_YAML = (
+    "datasets:\n"
+    "  sim: {source: simulate}\n"
+    "models:\n"
+    "  sams_vae: {family: sams_vae}\n"
+    "splits:\n"
+    "  random: {kind: random}\n"
+    "models:\n"  # line 7: the second `models:` would replace the first
+    "  additive_mean: {family: additive_mean}\n"
+)
+
+DUPLICATE_NESTED_KEY_YAML = (
+    "models:\n"
+    "  sams_vae: {family: sams_vae}\n"
+    "  additive_mean: {family: additive_mean}\n"
+    "  sams_vae: {family: sams_vae, n_latent: 3}\n"  # line 4
+)
+
+
+def other_dataset(data_path, out) -> str:
+    """The dataset at ``data_path`` with one count changed: same cells, genes and labels, so
+    only its checksum tells it from the original."""
+    from samsbench.data import contract
+
+    adata = contract.read(data_path)
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.array(adata.X)
+    X[0, 0] += 1
+    adata.X = X
+    contract.write(adata, out)
+    return os.fspath(out)
+
+
+def moved_split(split_path, out) -> str:
+    """The split file with its first cell moved to another subset."""
+    table = pd.read_csv(split_path, sep="\t")
+    first = table.loc[0, "split"]
+    table.loc[0, "split"] = "test" if first != "test" else "train"
+    table.to_csv(out, sep="\t", index=False)
+    return os.fspath(out)
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: a pickle bomb (harmless)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def pickle_bomb(directory) -> tuple[str, str]:
+    """A ``model.pt`` that torch's full unpickler would execute. Returns (path, marker)."""
+    import pickle
+
+    directory = os.fspath(directory)
+    marker = os.path.join(directory, "PICKLE_RAN")
+    path = os.path.join(directory, "model.pt")
+    with open(path, "wb") as fh:
+        pickle.dump({"family": "sams_vae", "state_dict": _Payload(marker)}, fh)
+    return path, marker
+
+
+def run_folder_naming_plugin(directory) -> tuple[str, str]:
+    """A results folder whose summary.json and model.pt name a plug-in file that writes a
+    marker when imported. Returns (run folder, marker)."""
+    import json
+
+    _, family, marker = evil_checkpoint(directory)
+    with open(os.path.join(os.fspath(directory), "summary.json"), "w") as fh:
+        json.dump({"family": family, "model": "m", "split": "random", "seed": 0}, fh)
+    return os.fspath(directory), marker
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def stale_temp(directory, name: str, pid: int | None = None) -> str:
+    """The atomic writer's temporary file of ``name`` as a process killed mid-write leaves
+    it (``pid``: the writer; default a process that is gone)."""
+    pid = dead_pid() if pid is None else pid
+    path = os.path.join(os.fspath(directory), f".{name}.{pid}-k1ll3d.tmp")
+    with open(path, "wb") as fh:
+        fh.write(b"half a checkpoint")
+    return path

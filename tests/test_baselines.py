@@ -132,38 +132,65 @@ def test_split_halves_is_per_label_fixed_and_order_free():
     assert not np.array_equal(half, split_halves(labels, seed=4))
 
 
-def test_replicate_is_scored_against_the_other_half_only(tmp_path):
-    adata = _counts_dataset(tmp_path / "data.h5ad")
-    split = pd.DataFrame({"cell_id": adata.obs_names,
-                          "split": ["train"] * 17 + ["test"] * 11})
-    split.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    run = tmp_path / "run"
+def test_split_halves_is_per_stratum():
+    labels = np.array(["a"] * 10)
+    strata = np.array(["train"] * 4 + ["test"] * 6)
+    half = split_halves(labels, [0, 1], strata)
+    assert (int(half[:4].sum()), int(half[4:].sum())) == (2, 3)
+
+
+def _train_replicate(tmp_path, seed, name="run"):
+    run = tmp_path / name
     train_stage.train(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
-                    {"family": "replicate", "replicate_seed": 1}, {}, str(run), 0,
-                    progress=False)
+                      {"family": "replicate", "replicate_seed": 1}, {}, str(run), seed,
+                      progress=False)
     evaluate.predict(str(tmp_path / "data.h5ad"), str(tmp_path / "split.tsv"),
-                      str(run / "model.pt"), str(run / "predictions.h5ad"))
+                     str(run / "model.pt"), str(run / "predictions.h5ad"))
+    return run
+
+
+def test_replicate_scores_half_a_against_half_b_of_the_held_out_cells(tmp_path):
+    adata = _counts_dataset(tmp_path / "data.h5ad")
+    split = np.array(["train"] * 17 + ["test"] * 11)
+    pd.DataFrame({"cell_id": adata.obs_names, "split": split}).to_csv(
+        tmp_path / "split.tsv", sep="\t", index=False)
+    run = _train_replicate(tmp_path, seed=0)
     scored = evaluate.score_predictions(run / "predictions.h5ad", tmp_path / "data.h5ad",
                                         tmp_path / "split.tsv").set_index(["metric", "subset"])["value"]
 
-    # By hand: per label, the predicting half's mean log2(CP10k+1) against the other half's.
+    # By hand: the test cells of each perturbation halved (seed: replicate_seed 1, run seed 0),
+    # each half's mean log2(CP10k+1) minus the mean of that half of ALL control cells.
     labels = adata.obs["perturbation"].to_numpy()
     y = metrics.log_cp10k(adata.X.toarray())
-    half = split_halves(labels, seed=1)
+    half = split_halves(labels, [1, 0], split)
 
     def ate(rows):
-        mean = {lab: y[rows & (labels == lab)].mean(0) for lab in ("non-targeting", "A", "B",
-                                                                     "A+B")}
-        return np.stack([mean[p] - mean["non-targeting"] for p in ("A", "A+B", "B")])
+        control = y[rows & (labels == "non-targeting")].mean(0)
+        return np.stack([y[rows & (labels == p) & (split == "test")].mean(0) - control
+                         for p in ("A+B", "B")])
 
-    pred, truth, everything = ate(half), ate(~half), ate(np.ones(len(labels), bool))
-    expected = np.mean([np.corrcoef(pred[i], truth[i])[0, 1] for i in range(3)])
-    assert scored["pearson_delta", "all"] == pytest.approx(expected, abs=1e-9)
-    against_all = np.mean([np.corrcoef(pred[i], everything[i])[0, 1] for i in range(3)])
-    assert abs(against_all - expected) > 1e-3  # comparing with all cells would differ
-    # the record is in the file; the held-out half of every label, the controls' included
+    a, b = ate(half), ate(~half)
+    r = np.array([np.corrcoef(a[i], b[i])[0, 1] for i in range(2)])
+    assert scored["split_half_pearson_delta", "test"] == pytest.approx(r.mean(), abs=1e-9)
+    # the ceiling: Spearman-Brown on each perturbation's split-half r, square-rooted
+    bound = np.sqrt(np.clip(2 * r / (1 + r), 0, 1))
+    assert scored["pearson_delta", "test"] == pytest.approx(bound.mean(), abs=1e-9)
+    rmse = np.sqrt(np.mean((a - b) ** 2) / 4)
+    assert scored["effect_rmse", "test"] == pytest.approx(rmse, abs=1e-9)
+    assert ("centroid_accuracy", "test") not in scored  # no ceiling defined for it
+    # the record is in the file: half B of every label, the controls' included
     recorded = ad.read_h5ad(run / "predictions.h5ad").uns["truth_cells"]
     assert sorted(recorded) == sorted(adata.obs_names[~half])
+
+
+def test_replicate_halving_follows_the_run_seed(tmp_path):
+    adata = _counts_dataset(tmp_path / "data.h5ad")
+    pd.DataFrame({"cell_id": adata.obs_names, "split": ["train"] * 17 + ["test"] * 11}).to_csv(
+        tmp_path / "split.tsv", sep="\t", index=False)
+    cells = [sorted(ad.read_h5ad(_train_replicate(tmp_path, seed, f"s{seed}")
+                                 / "predictions.h5ad").uns["truth_cells"]) for seed in (0, 1, 0)]
+    assert cells[0] != cells[1]  # another seed, another halving (its sd is the ceiling's noise)
+    assert cells[0] == cells[2]
 
 
 def test_truth_cells_unknown_to_the_data_fail(tmp_path):

@@ -19,6 +19,7 @@ from samsbench.enrichment import gene_sets, ora, recovery
 from samsbench.enrichment.gene_sets import GeneSetError
 from samsbench.stages import enrich as stage
 
+ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"gene_sets": ["KEGG_2021_Human"], "threshold": 0.5, "min_set_size": 3,
             "recovery_library": "programs", "heatmap_library": "auto", "alpha": 0.05,
             "models": None}
@@ -321,11 +322,23 @@ def test_complex_recovery_edge_cases():
         recovery.similarity_matrix(zero, "euclid")
 
 
-def test_true_mask_of_the_simulator_recovers_every_program(kegg):
-    """The embedded default's ground truth through the same code: an oracle model's masks."""
+def _default_simulation():
+    """The default benchmark's dataset (config.yaml's ``datasets.simulated``)."""
+    from samsbench import config
     from samsbench.data.simulate import simulate
 
-    data = simulate(seed=0)
+    cfg = config.load(str(ROOT / "config.yaml"))
+    return simulate(**cfg["datasets"]["simulated"]["simulate"])
+
+
+def test_true_mask_of_the_simulator_recovers_every_program(kegg):
+    """Exact half of the acceptance (issue 22): the default benchmark's ground truth through
+    the same enrichment code, as an oracle model's masks, recovers 4 of 4 programs, each at
+    FDR < 0.05. What a trained model reaches is a rate over seeds
+    (test_default_benchmark_program_recovery_rate)."""
+    from samsbench.data.simulate import simulate
+
+    data = _default_simulation()
     sim = data.uns["simulation"]
     labels = [str(x) for x in sim["perturbations"]]
     truth = np.asarray(sim["true_mask"], dtype=float)
@@ -335,6 +348,9 @@ def test_true_mask_of_the_simulator_recovers_every_program(kegg):
     table = ora.enrich_masks(mask, targets, {library: kegg})
     found = recovery.planted_program_recovery(table, mask, programs, library)
     assert set(found["program"]) == set(programs) and found["recovered"].all(), found
+    assert len(programs) == 4 and (found["program_fdr"] < 0.05).all()
+    rate = recovery.program_recovery_rate(found.assign(model="oracle", split="s", seed=0))
+    assert list(rate["n_recovered"]) == [1] * 4 and (rate["rate"] == 1.0).all()
     pathways = stage.load_gene_sets("pathways", None, data)
     # Programs share dimensions (issue 13), so even the true masks do not separate every
     # pair: the oracle's Jaccard AUROC is 0.943 (the ceiling); clean programs give 1.
@@ -343,6 +359,33 @@ def test_true_mask_of_the_simulator_recovers_every_program(kegg):
     clean = simulate(seed=0, magnitude_sd=0, share_prob=0, shift_noise=0).uns["simulation"]
     assert recovery.recovery_scores(np.asarray(clean["true_mask"]), labels, pathways,
                                   "mask_jaccard")["auroc"] == 1.0
+
+
+def test_program_recovery_rate_by_hand(tmp_path):
+    # program P on two dims in seed 0 (one recovered, one not: not recovered, FDR the larger),
+    # recovered in seeds 1 and 2; program Q recovered in seed 2 only
+    rows = [("m", "s", 0, "P", True, 0.01), ("m", "s", 0, "P", False, 0.2),
+            ("m", "s", 1, "P", True, 0.03), ("m", "s", 2, "P", True, 0.001),
+            ("m", "s", 0, "Q", False, 0.5), ("m", "s", 1, "Q", False, 1.0),
+            ("m", "s", 2, "Q", True, 0.04)]
+    planted = pd.DataFrame(rows, columns=["model", "split", "seed", "program", "recovered",
+                                          "program_fdr"])
+    rate = recovery.program_recovery_rate(planted).set_index("program")
+    assert list(rate.columns) == recovery.PROGRAM_RATE_COLUMNS[:2] + recovery.PROGRAM_RATE_COLUMNS[3:]
+    assert (rate.loc["P", "n_seeds"], rate.loc["P", "n_recovered"]) == (3, 2)
+    assert rate.loc["P", "rate"] == pytest.approx(2 / 3)
+    assert rate.loc["P", "fdrs"] == "0.2, 0.03, 0.001" and rate.loc["P", "seeds"] == "0, 1, 2"
+    assert rate.loc["P", "median_fdr"] == pytest.approx(0.03)
+    assert (rate.loc["Q", "n_recovered"], rate.loc["Q", "median_fdr"]) == (1, 0.5)
+    assert recovery.program_recovery_rate(planted.iloc[0:0]).empty
+    # the workflow's step: table and figure, also from an empty merged table
+    path = tmp_path / "planted.tsv"
+    planted.to_csv(path, sep="\t", index=False)
+    out = stage.program_rate(path, tmp_path / "rate.tsv", tmp_path / "rate.png")
+    assert len(out) == 2 and (tmp_path / "rate.png").stat().st_size > 1000
+    path.write_text("")
+    assert stage.program_rate(path, tmp_path / "rate.tsv", tmp_path / "empty.png").empty
+    assert (tmp_path / "empty.png").stat().st_size > 1000
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -443,64 +486,74 @@ def test_run_tables_merge_and_figures(kegg, tmp_path):
 
 # ---------------------------------------------------------------------------------- default run
 
-ROOT = Path(__file__).resolve().parents[1]
+# The training seeds of the model-skill acceptance: one seed's result is a coin flip.
+SKILL_SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
-def test_default_benchmark_recovers_planted_programs(kegg, tmp_path):
-    """Acceptance on the embedded simulated benchmark (issues 6 and 13): the default config's
-    data, split and hyperparameters, trained here (one thread, as the workflow's train rule).
+def test_default_benchmark_program_recovery_rate(kegg, tmp_path):
+    """Model-skill half of the acceptance (issues 6, 13, 22): ``sams_vae_aligned`` with the
+    default config's data, split and hyperparameters, trained here on seeds 0, 1, 2 (one
+    thread, as the workflow's train rule). The exact half (the true masks recover 4 of 4
+    programs) is test_true_mask_of_the_simulator_recovers_every_program.
 
-    Measured in the default run (`make run`, issue 13's simulation: programs of unequal
-    magnitude that share dimensions, plus noise; sign-free similarities): `sams_vae_aligned`
-    has 3 of the 4 planted KEGG programs as top hit at FDR < 0.05 (Glyoxylate 0.011, Histidine
-    0.048, IL-17 0.024; Porphyrin is top hit at FDR 0.15); its mask-Jaccard AUROC is 0.786
-    (the true masks: 0.943, chance 0.5). CPA-VAE, which has no masks, scores 0.969 on
-    |embedding cosine| and 0.955 on |effect Pearson|, sams_vae_aligned 0.948 and 0.914: the
-    old claim that SAMS-VAE beats CPA-VAE at complex recovery compared Jaccard with a number
-    capped at 0.55 by the sign artefact and does not hold.
+    Measured with exactly this code (issue 22's default simulation; one thread), programs
+    recovered of 4 per training seed 0 / 1 / 2 / 3: 1 / 2 / 1 / 1 on the native kernels and
+    1 / 2 / 2 / 1 with ``ATEN_CPU_CAPABILITY=default`` (Histidine in every run, IL-17 in 3 of
+    8, Glyoxylate and Porphyrin in none, at FDR 0.16-1.0): over seeds 0-2, 4 and 5 of 12.
+    Mask-Jaccard AUROC (complex recovery; the true masks: 0.943) per seed 0.708 / 0.782 /
+    0.709 / 0.788 and 0.716 / 0.793 / 0.682 / 0.814, mean over seeds 0-2 0.733 and 0.730;
+    planted-mask AUROC 0.887 / 0.929 / 0.936 / 0.921 and 0.899 / 0.924 / 0.933 / 0.923, mean
+    over seeds 0-2 0.917 and 0.919. Asserted with margins: at least 2 of 12 programs (one seed
+    alone always had at least 1), mean Jaccard AUROC above 0.62 (0.06 below the worst single
+    seed) and mean mask AUROC above 0.86 (0.027 below the worst single seed).
     """
     from samsbench import config
+    from samsbench.data import contract
     from samsbench.stages import data as data_stage
     from samsbench.stages import train as train_stage
-    from samsbench.data import contract
-    from samsbench.data.simulate import simulate
 
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     cfg = config.load(str(ROOT / "config.yaml"))
     experiment = cfg["experiments"]["simulated"]
     data_path, split_path = tmp_path / "data.h5ad", tmp_path / "split.tsv"
-    data = simulate(**cfg["datasets"]["simulated"]["simulate"])
+    data = _default_simulation()
     contract.write(data, str(data_path))
     split = experiment["splits"][0]
     data_stage.split(str(data_path), cfg["splits"][split], str(split_path))
     library, programs = gene_sets.simulation_programs(data)
     pathways = stage.load_gene_sets("pathways", None, data)
-    best = {}
-    for model in ("sams_vae_aligned", "cpa_vae"):
-        run_dir = tmp_path / model
+    labels, true_mask = recovery.planted_mask(data.uns)
+    model = "sams_vae_aligned"
+    settings = {**SETTINGS, "gene_sets": [library], "recovery_library": "pathways"}
+    planted, jaccard, auroc = [], [], []
+    for seed in SKILL_SEEDS:
+        run_dir = tmp_path / f"seed{seed}"
         train_stage.train(str(data_path), str(split_path),
-                        config.model_hyperparameters(cfg, "simulated", model),
-                        dict(experiment["training"]), str(run_dir), 0, progress=False,
-                        identity={"model": model, "split": split})
-        settings = {**SETTINGS, "gene_sets": [library], "recovery_library": "pathways"}
-        identity = {"model": model, "split": split, "seed": 0, "family": model}
+                          config.model_hyperparameters(cfg, "simulated", model),
+                          dict(experiment["training"]), str(run_dir), seed, progress=False,
+                          identity={"model": model, "split": split})
+        identity = {"model": model, "split": split, "seed": seed, "family": "sams_vae"}
         out = stage.run_tables(run_dir, {library: kegg, "pathways": pathways}, settings, data,
                                identity)
-        best[model] = out["complex_recovery"]["auroc"].max()
-        if model == "sams_vae_aligned":
-            planted = out["planted_programs"]
-            rec = out["complex_recovery"].set_index("similarity")["auroc"]
-            jaccard = {model: rec["mask_jaccard"]}
-    print(planted.to_string(index=False), best)
-    recovered = planted.groupby("program")["recovered"].all()
-    assert set(recovered.index) == set(programs)
-    assert recovered.sum() >= 3, planted.to_string(index=False)
+        planted.append(out["planted_programs"])
+        rec = out["complex_recovery"].set_index("similarity")["auroc"]
+        jaccard.append(rec["mask_jaccard"])
+        latents = ad.read_h5ad(run_dir / "perturbation_latents.h5ad")
+        masks = recovery.planted_mask_recovery(labels, true_mask, latents)
+        auroc.append(float(masks.set_index("matching").loc["probability", "auroc"]))
+    planted = pd.concat(planted, ignore_index=True)
+    rate = recovery.program_recovery_rate(planted)
+    print(rate.to_string(index=False), "\nmask-Jaccard AUROC", jaccard, "mask AUROC", auroc)
+    assert set(rate["program"]) == set(programs) and set(rate["n_seeds"]) == {len(SKILL_SEEDS)}
+    # what "recovered" means holds exactly, whatever the seed
     hits = planted[planted["recovered"]]
     assert (hits["top_term"] == hits["program"]).all() and (hits["top_fdr"] < 0.05).all()
-    assert 0.7 < jaccard["sams_vae_aligned"] < 0.943  # above chance, below the true masks
-    assert best["cpa_vae"] > 0.9 and best["sams_vae_aligned"] > 0.9
+    # the model's skill, with the margins measured over seeds and two floating-point paths
+    assert rate["n_recovered"].sum() >= 2, rate.to_string(index=False)
+    assert 0.62 < np.mean(jaccard) < 0.943  # above chance, below the true masks
+    assert np.mean(auroc) > 0.86
 
 
 def test_replogle_guide_pair_labels_map_to_their_gene():

@@ -395,3 +395,84 @@ def test_score_and_cli(tmp_path, small_data, capsys):
     argv[2] = str(tmp_path / "absent.h5ad")
     assert cli.main(argv) == 2
     assert "no such predictions file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- depth-matched model ATE (issue 25.4)
+
+
+class _Poisson:
+    """A fixed generative model: each label's cells are Poisson counts with fixed gene shares
+    times the library size (what inference's sampler calls, nothing more)."""
+
+    has_likelihood = True
+
+    def __init__(self, shares):
+        import torch
+
+        self.shares = torch.as_tensor(shares, dtype=torch.float64)
+        self.decoder = self
+
+    def sample_globals(self, n):
+        return None, None
+
+    def cell_context(self, block, g):
+        return block
+
+    def local_prior(self, ctx):
+        import torch
+
+        return torch.distributions.Normal(torch.zeros(len(ctx), 1, dtype=torch.float64), 1.0)
+
+    def decoder_input(self, u, ctx):
+        return self.shares[ctx].expand(u.shape[0], -1, -1)
+
+    def sample(self, h, lib):
+        import torch
+
+        return torch.poisson(h * lib[..., None])
+
+
+def test_depth_matched_ate_matches_cells_at_their_depth_and_the_paper_does_not():
+    from types import SimpleNamespace
+
+    import torch
+
+    from samsbench import inference
+    from samsbench.nn import log2_cp10k
+
+    # control and a perturbation that halves gene 1; cells have ~126 counts, as in a screen
+    shares = np.array([[0.97, 0.02, 0.01], [0.985, 0.01, 0.005]])
+    data = SimpleNamespace(
+        X=torch.zeros(1, 3), dosage_for_labels=lambda labels: SimpleNamespace(
+            codes=torch.arange(len(labels))), dosage=lambda codes: codes)
+    model = _Poisson(shares)
+    torch.manual_seed(1)
+    cells = [log2_cp10k(torch.poisson(torch.as_tensor(s).expand(50000, -1) * 126.0))
+             for s in shares]
+    truth = (cells[1].mean(0) - cells[0].mean(0)).numpy()
+    matched, paper = inference.predicted_means_matched(
+        model, data, ["ctrl", "P"], [np.full(50, 126.0)] * 2, n_particles=50000, chunk=10000)
+    assert np.abs((matched[1] - matched[0]) - truth).max() < 0.08  # Monte Carlo error
+    assert np.abs((paper[1] - paper[0]) - truth).max() > 0.3  # 1e4 counts: another quantity
+    plain = inference.predicted_means(model, data, ["ctrl", "P"], n_particles=50000, chunk=10000)
+    np.testing.assert_array_equal(paper, plain)  # the paper's draws are predicted_means'
+
+
+def test_prepare_warns_once_about_all_zero_genes(tmp_path, caplog):
+    import logging
+
+    import scipy.sparse as sp
+
+    from samsbench.data import contract
+    from samsbench.stages import data as data_stage
+
+    X = np.array([[1, 0, 0, 3], [2, 0, 0, 1], [0, 0, 0, 4]], dtype=np.float32)
+    adata = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame(
+        {"perturbation": ["ctrl", "A", "A"]}, index=["a", "b", "c"]),
+        var=pd.DataFrame(index=["g0", "g1", "g2", "g3"]))
+    adata.uns["control_label"] = "ctrl"
+    contract.write(adata, str(tmp_path / "d.h5ad"))
+    with caplog.at_level(logging.WARNING):
+        assert data_stage.warn_all_zero_genes(str(tmp_path / "d.h5ad")) == 2
+    warnings = [r.getMessage() for r in caplog.records if "no count in any cell" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 4 genes" in warnings[0]

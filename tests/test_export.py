@@ -52,9 +52,10 @@ def test_export_files_mean_mode(baseline_run):
     expected = np.log1p(1e4 * x / x.sum(1, keepdims=True))
     np.testing.assert_allclose(real.X[real.obs["target_gene"] == "non-targeting"], expected,
                                rtol=1e-6)
-    # real: every cell of the test perturbations, nothing else
+    # real: the test cells of the test perturbations (the held-out truth) and every control
     assert sorted(set(real.obs["target_gene"])) == sorted(test + ["non-targeting"])
-    assert len(real) == int(np.isin(labels, test + ["non-targeting"]).sum())
+    held_out = (np.isin(labels, test) & (split_labels == "test")) | (labels == "non-targeting")
+    assert len(real) == int(held_out.sum()) < int(np.isin(labels, test + ["non-targeting"]).sum())
 
 
 def test_export_sample_mode_draws_cells_from_the_model(baseline_run, tmp_path):
@@ -74,6 +75,61 @@ def test_export_sample_mode_draws_cells_from_the_model(baseline_run, tmp_path):
                                 mode="median")
 
 
+def _negative_predictions(run, data, path):
+    """The run's predictions with every test ATE pushed far below minus the control mean on
+    half the genes: a mean export must clip them."""
+    from samsbench.data import contract
+
+    pred = ad.read_h5ad(run / "predictions.h5ad")
+    control = contract.control_label(ad.read_h5ad(data))
+    X = np.asarray(pred.X, dtype=np.float64).copy()
+    rows = pred.obs["perturbation"].astype(str).to_numpy() != control
+    X[np.ix_(rows, np.arange(0, X.shape[1], 2))] -= 12.0
+    means = pd.DataFrame(X, index=pred.obs["perturbation"].astype(str), columns=pred.var_names)
+    evaluate.write_predictions(means, path, control)
+    return path
+
+
+def test_clipping_is_reported_and_no_clip_round_trips(baseline_run, tmp_path):
+    d, data, split, run = baseline_run
+    pred_path = _negative_predictions(run, data, tmp_path / "neg.h5ad")
+    clipped = export.export_cell_eval(str(run / "model.pt"), data, split, str(tmp_path / "c"),
+                                      n_cells=2, mode="mean", predictions_path=str(pred_path))
+    uns = ad.read_h5ad(clipped["predicted"]).uns
+    assert uns["clipped_values"] > 0 and 0.4 < uns["clipped_fraction"] <= 0.5 + 1e-9
+    kept = export.export_cell_eval(str(run / "model.pt"), data, split, str(tmp_path / "k"),
+                                   n_cells=2, mode="mean", predictions_path=str(pred_path),
+                                   clip=False)
+    pred, real = ad.read_h5ad(kept["predicted"]), ad.read_h5ad(kept["real"])
+    assert pred.uns["clipped_values"] == 0 and pred.X.min() >= 0
+    assert pred.uns["gene_offsets"].max() > 0  # shifted, in both files, instead of clipped
+    np.testing.assert_array_equal(pred.uns["gene_offsets"], real.uns["gene_offsets"])
+    # cell-eval's pearson_delta, by hand: per perturbation, the correlation of the predicted
+    # and the real mean minus the control mean; it equals ours on the unclipped export
+    ours = evaluate.score_predictions(pred_path, data, split)
+    ours = ours[(ours["metric"] == "pearson_delta") & (ours["subset"] == "test")]["value"]
+
+    def deltas(a):
+        means = pd.DataFrame(np.asarray(a.X, dtype=np.float64)).groupby(
+            a.obs["target_gene"].astype(str).to_numpy()).mean()
+        return means.drop(index="non-targeting") - means.loc["non-targeting"]
+
+    p, t = deltas(pred), deltas(real)
+    by_hand = np.mean([np.corrcoef(p.loc[k], t.loc[k])[0, 1] for k in t.index])
+    assert by_hand == pytest.approx(float(ours.iloc[0]), abs=1e-5)
+    p_clipped = deltas(ad.read_h5ad(clipped["predicted"]))
+    clipped_value = np.mean([np.corrcoef(p_clipped.loc[k], t.loc[k])[0, 1] for k in t.index])
+    assert abs(clipped_value - by_hand) > 1e-3  # the clip changes the score
+
+
+def _cell_eval(paths, out):
+    exe = shutil.which("cell-eval") or str(__import__("pathlib").Path(sys.executable).parent
+                                           / "cell-eval")
+    subprocess.run([exe, "run", "-ap", paths["predicted"], "-ar", paths["real"],
+                    "-o", str(out), "--profile", "minimal"], check=True, capture_output=True)
+    return pd.read_csv(out / "results.csv")
+
+
 @pytest.mark.slow
 def test_cell_eval_pearson_delta_equals_ours(baseline_run):
     """cell-eval's own scorer on the export of a real (tiny) run, mean-prediction mode."""
@@ -85,21 +141,33 @@ def test_cell_eval_pearson_delta_equals_ours(baseline_run):
     assert ad.read_h5ad(paths["predicted"]).uns["clipped_values"] == 0
     ours = evaluate.score_predictions(run / "predictions.h5ad", data, split)
     ours = ours[ours["metric"] == "pearson_delta"].set_index("subset")["value"]
-    exe = shutil.which("cell-eval") or str(__import__("pathlib").Path(sys.executable).parent
-                                           / "cell-eval")
-    subprocess.run([exe, "run", "-ap", paths["predicted"], "-ar", paths["real"],
-                    "-o", str(d / "ce_out"), "--profile", "minimal"],
-                   check=True, capture_output=True)
-    theirs = pd.read_csv(d / "ce_out" / "results.csv")
+    theirs = _cell_eval(paths, d / "ce_out")
     assert len(theirs) >= 2
-    # per perturbation: our pearson_delta over a one-perturbation subset
+    # per perturbation: our pearson_delta over a one-perturbation subset, on its test cells
     pred_ate = evaluate.read_predictions(run / "predictions.h5ad", ad.read_h5ad(data))
-    true_ate = metrics.data_ate(ad.read_h5ad(data))
+    labels = pd.read_csv(split, sep="\t")["split"].to_numpy()
+    true_ate = metrics.truth_by_split(ad.read_h5ad(data), labels)["test"][0]
     for _, row in theirs.iterrows():
         one = metrics.ate_metrics(pred_ate, true_ate, {"p": [row["perturbation"]]})
         value = one.set_index("metric")["value"]["pearson_delta"]
         assert row["pearson_delta"] == pytest.approx(value, abs=1e-6)
     assert theirs["pearson_delta"].mean() == pytest.approx(ours["test"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_cell_eval_agrees_with_ours_on_the_unclipped_export(baseline_run, tmp_path):
+    """A prediction most of which a clip would change: --no-clip round-trips through
+    cell-eval's own scorer."""
+    pytest.importorskip("cell_eval")
+    d, data, split, run = baseline_run
+    pred_path = _negative_predictions(run, data, tmp_path / "neg.h5ad")
+    paths = export.export_cell_eval(str(run / "model.pt"), data, split, str(tmp_path / "ce"),
+                                    n_cells=3, mode="mean", predictions_path=str(pred_path),
+                                    clip=False)
+    ours = evaluate.score_predictions(pred_path, data, split)
+    ours = ours[(ours["metric"] == "pearson_delta") & (ours["subset"] == "test")]["value"]
+    theirs = _cell_eval(paths, tmp_path / "out")
+    assert theirs["pearson_delta"].mean() == pytest.approx(float(ours.iloc[0]), abs=1e-6)
 
 
 def test_the_cli_offers_the_stage_export_modes():

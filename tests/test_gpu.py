@@ -5,15 +5,22 @@ or ``make gpu-check``). ``SAMSBENCH_TEST_DEVICE=cpu`` runs the same comparisons 
 as the device under test, which checks the test itself where no GPU is lent.
 
 Why the tolerance is relative to a second CPU run: the same seed gives the same initial weights
-and the same minibatches on both devices (both are drawn on the CPU), but the reparameterised
-noise comes from the device's own generator, so CUDA and CPU losses differ by Monte Carlo noise,
-not by rounding. The CUDA run is compared with the CPU run exactly as closely as a CPU run with
-other noise (same weights, same minibatches) is: its mean absolute difference per step may be
-at most 3x that of the two CPU runs (plus 1e-3 relative for float32 rounding). Evaluation
+on both devices, but the minibatch order and the reparameterised noise come from the device's
+own generators, so CUDA and CPU losses differ by Monte Carlo noise, not by rounding. The CUDA
+run is compared with the CPU run exactly as closely as a CPU run with another run seed (same
+weights, other order and noise) is: its mean absolute difference per step may be at most 3x
+that of the two CPU runs (plus 1e-3 relative for float32 rounding).
+
+The training steps (after 3 warm-up steps) run under ``torch.cuda.set_sync_debug_mode("error")``:
+a step that waits for the GPU (a host read, a blocking copy) raises. Validation and checkpoints
+read values back on purpose and run with the mode off. The training runs here use ``compile: off`` (the eager step
+every family shares; compiling every family would take minutes); one test trains SAMS-VAE with
+the compiled step. Evaluation
 quantities (IWELBO, model ATE) use the same rule against a CPU evaluation with another seed;
 deterministic ones (mask probabilities, baseline means) must agree to float32 rounding.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -44,21 +51,48 @@ def hp_for(family):
     return registry.hyperparameters(family, for_family(family))
 
 
-def train(tiny, run_dir, family, device, noise_seed=0):
-    """50 steps from seed 0; ``noise_seed`` shifts only the device's noise generator (the
-    weights and the minibatch order still come from seed 0). Returns the per-step losses."""
+WARMUP = 3  # steps that may sync: lazy initialisation, compiling, recording CUDA graphs
+
+
+@contextlib.contextmanager
+def no_syncs_in_steps(device):
+    """Sync debug mode "error" around every training step after the first ``WARMUP`` (on
+    CUDA): drawing the minibatch (``next_rows``) and the step itself (``make_step``'s). The
+    engine's validation and checkpoints read values back on purpose and run with it off."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    make_step, next_rows = inference.make_step, inference.next_rows
+    calls = [0]
+
+    def strict(fn):
+        def wrapped(*args, **kwargs):
+            calls[0] += 1
+            torch.cuda.set_sync_debug_mode("error" if calls[0] > 2 * WARMUP else 0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return wrapped
+
+    inference.make_step = lambda *args, **kwargs: strict(make_step(*args, **kwargs))
+    inference.next_rows = strict(next_rows)
+    try:
+        yield
+    finally:
+        inference.make_step, inference.next_rows = make_step, next_rows
+
+
+def train(tiny, run_dir, family, device, run_seed=0, compile="off", steps=STEPS):
+    """``steps`` steps from weights of seed 0; ``run_seed`` sets the minibatch order and the
+    noise. Returns the per-step losses."""
     hp = hp_for(family)
     data = train_stage.load_data(*tiny, hp.encoding, device)
     torch.manual_seed(0)
     model = registry.build(family, len(data.genes), data.columns, hp)
-    original = torch.manual_seed
-    torch.manual_seed = lambda seed: original(seed + noise_seed)
-    try:
-        inference.train(model, family, hp, data,
-                        {"max_steps": STEPS, "val_every": 1, "batch_size": 32}, run_dir, 0,
-                        progress=False)
-    finally:
-        torch.manual_seed = original
+    training = {"max_steps": steps, "val_every": 1, "batch_size": 32, "compile": compile}
+    with no_syncs_in_steps(device):
+        inference.train(model, family, hp, data, training, run_dir, run_seed, progress=False)
     import pandas as pd
 
     return pd.read_csv(os.path.join(run_dir, "history.tsv"), sep="\t")["train_loss"].to_numpy()
@@ -89,7 +123,7 @@ def test_training_and_evaluation_on_the_device(tiny, tmp_path, family):
         return
 
     cpu = train(tiny, str(tmp_path / "cpu"), family, "cpu")
-    other = train(tiny, str(tmp_path / "cpu_other_noise"), family, "cpu", noise_seed=1)
+    other = train(tiny, str(tmp_path / "cpu_other_noise"), family, "cpu", run_seed=1)
     dev = train(tiny, str(tmp_path / "device"), family, DEVICE)
     assert len(dev) == STEPS and np.isfinite(dev).all()
     gap, noise = mean_relative_gap(cpu, dev), mean_relative_gap(cpu, other)
@@ -127,3 +161,49 @@ def test_training_and_evaluation_on_the_device(tiny, tmp_path, family):
             assert np.isfinite(value).all()
             if name == "mask_prob":  # deterministic: sigmoid of the logits
                 np.testing.assert_allclose(value, reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_on_the_device(tiny, tmp_path):
+    """SAMS-VAE with the captured step (``compile: on``; CUDA graphs on CUDA) learns like the
+    eager step on the same device, within the noise rule above."""
+    eager = train(tiny, str(tmp_path / "eager"), "sams_vae", DEVICE)
+    other = train(tiny, str(tmp_path / "eager_other"), "sams_vae", DEVICE, run_seed=1)
+    compiled = train(tiny, str(tmp_path / "compiled"), "sams_vae", DEVICE, compile="on")
+    assert len(compiled) == STEPS and np.isfinite(compiled).all()
+    assert within_noise(eager, other, compiled)
+
+
+def test_killed_run_resumes_on_the_device(tiny, tmp_path):
+    """SIGTERM mid-run, then the same run again: it resumes from resume.pt on the device (the
+    random generators' states read on the CPU) and finishes every step."""
+    import signal
+
+    family = "sams_vae"
+    hp = hp_for(family)
+    run_dir = str(tmp_path / "run")
+    original, calls = inference.minibatch_loss, [0]
+
+    def stop_at_ten(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 10:
+            signal.raise_signal(signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    training = {"max_steps": 30, "val_every": 5, "batch_size": 32, "compile": "off"}
+    for attempt in range(2):
+        data = train_stage.load_data(*tiny, hp.encoding, DEVICE)
+        torch.manual_seed(0)
+        model = registry.build(family, len(data.genes), data.columns, hp)
+        inference.minibatch_loss = stop_at_ten if attempt == 0 else original
+        try:
+            if attempt == 0:
+                with pytest.raises(inference.Interrupted):
+                    inference.train(model, family, hp, data, training, run_dir, 0,
+                                    progress=False)
+            else:
+                summary = inference.train(model, family, hp, data, training, run_dir, 0,
+                                          progress=False)
+        finally:
+            inference.minibatch_loss = original
+    assert summary["steps"] == 30 and np.isfinite(summary["val_iwelbo"])
+    assert not os.path.exists(os.path.join(run_dir, "resume.pt"))

@@ -27,11 +27,15 @@ def test_gpu_check_runs_on_cpu_and_prints_every_row(tmp_path):
                 ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")}
     expected |= {("train", "norman-shaped", "sams_vae"), ("model_ate", "30x100", "sams_vae")}
     expected |= {("packed", f"norman-shaped-x{n}", "sams_vae") for n in (1, 2, 4, 8)}
+    expected |= {("equal_steps", "20-steps", "sams_vae")}
     assert keys == expected
-    assert all(math.isfinite(v) and v > 0 for v in table["value"])
-    assert all(math.isfinite(v) and v > 0 for v in table["peak_memory_mb"])
+    speeds = table[table["what"] != "equal_steps"]
+    assert all(math.isfinite(v) and v > 0 for v in speeds["value"])
+    assert all(math.isfinite(v) and v > 0 for v in speeds["peak_memory_mb"])
+    # |IWELBO fast - direct| at equal steps: the two paths draw the same numbers on the CPU
+    assert table.loc[table["what"] == "equal_steps", "value"].iloc[0] < 0.5
     for line in result.stdout.splitlines():  # the printed table carries the same rows
-        if line.strip().startswith(("train ", "model_ate", "packed")):
+        if line.strip().startswith(("train ", "model_ate", "packed", "equal_steps")):
             assert math.isfinite(float(line.split()[3]))
 
 

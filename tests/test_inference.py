@@ -210,3 +210,147 @@ def test_killed_run_resumes_to_the_same_numbers(tiny, uninterrupted, tmp_path, s
     subprocess.run([sys.executable, str(script), data_path, split_path, str(killed), steps], check=True)
     assert _numbers(killed) == _numbers(full)
     assert (killed / "history.tsv").read_text().splitlines()[1:] != []
+
+
+# -- the compiled step (training.compile, issue 21) ------------------------------------------
+
+def _history_losses(run_dir):
+    return pd.read_csv(os.path.join(run_dir, "history.tsv"), sep="\t")["train_loss"].to_numpy()
+
+
+def _train_tiny(tiny, run_dir, family="sams_vae", **training):
+    hp = for_family(family)
+    data = train_stage.load_data(*tiny, encoding(family))
+    model = build(family, data)
+    settings = {"max_steps": 12, "val_every": 1, "batch_size": 32, **training}
+    return inference.train(model, family, registry.hyperparameters(family, hp), data, settings,
+                           str(run_dir), 0, progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_step_follows_the_eager_loss_trajectory(tiny, tmp_path, monkeypatch):
+    """``compile: on`` on the CPU (inductor's C++ kernels; about a minute to compile on two
+    cores): the per-step training losses match the eager step's. inductor draws its own random
+    numbers unless told to use torch's (``fallback_random``), so with it the two paths see the
+    same noise and differ only by float rounding in the fused kernels."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    _train_tiny(tiny, tmp_path / "eager", compile="off")
+    _train_tiny(tiny, tmp_path / "compiled", compile="on")
+    eager, compiled = _history_losses(tmp_path / "eager"), _history_losses(tmp_path / "compiled")
+    assert len(compiled) == 12
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4)
+
+
+def test_compile_setting():
+    assert not inference.use_compile("auto", "cpu") and inference.use_compile("auto", "cuda")
+    assert inference.use_compile("on", "cpu") and not inference.use_compile("off", "cuda")
+    assert inference.use_compile(True, "cpu") and not inference.use_compile(False, "cuda")
+    with pytest.raises(ValueError, match="training.compile must be one of"):
+        inference.use_compile("yes", "cpu")
+
+
+def test_auto_compile_leaves_the_cpu_step_eager(tiny, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile called on the CPU with compile: auto")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    _train_tiny(tiny, tmp_path / "run", max_steps=3)
+
+
+def test_a_step_that_fails_to_compile_runs_eagerly_or_says_so(tiny, tmp_path, monkeypatch,
+                                                              caplog):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    data = train_stage.load_data(*tiny)
+    inv = inference.inverse_counts(data.dose_counts("train"))
+    rows = data.split_index("train")[:32]
+    parts = {}
+    for name, compiled in (("eager", False), ("fallback", True)):
+        model = build("sams_vae", data)
+        model.set_input_statistics(*data.input_statistics(model.normalization))
+        optim = inference.make_optimizer(model, 1e-3, 0.0)
+        step = inference.make_step(model, data, inv, 3, None, compiled=compiled)
+        torch.manual_seed(0)
+        parts[name] = step(rows, optim)
+    assert "compiling the training step failed (RuntimeError: no C++ compiler)" in caplog.text
+    torch.testing.assert_close(parts["fallback"], parts["eager"])
+    step = inference.make_step(model, data, inv, 3, None, compiled=True, strict=True)
+    with pytest.raises(RuntimeError, match="set training.compile: off"):
+        step(rows, optim)
+
+
+# -- checkpoint traffic (issue 25 item 7) ----------------------------------------------------
+
+def _count_resume_writes(monkeypatch):
+    from samsbench import io as sbio
+
+    writes = []
+    original = sbio.write_pt
+
+    def counted(obj, path, *args, **kwargs):
+        if os.path.basename(str(path)) == "resume.pt":
+            writes.append(obj["step"])
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(sbio, "write_pt", counted)
+    return writes
+
+
+def test_resume_is_written_on_a_time_budget_and_removed_at_the_end(tiny, tmp_path, monkeypatch):
+    """40 steps of 64 cells: about 10 epochs. By default resume.pt was written at every
+    validation (once per epoch); now at most every checkpoint_minutes, and once at the last
+    step, and the finished run keeps no resume.pt."""
+    writes = _count_resume_writes(monkeypatch)
+    run_dir = tmp_path / "run"
+    _train_tiny(tiny, run_dir, max_steps=40, batch_size=64, val_every=None)
+    history = pd.read_csv(run_dir / "history.tsv", sep="\t")
+    assert len(history) >= 8  # validations: one per epoch
+    assert writes == [40]  # the last step only (the run took far under 10 minutes)
+    assert not (run_dir / "resume.pt").exists()
+    assert (run_dir / "model.pt").exists()
+    # an explicit checkpoint_every still writes every that many steps
+    writes.clear()
+    _train_tiny(tiny, tmp_path / "every", max_steps=40, batch_size=64, checkpoint_every=10)
+    assert writes == [10, 20, 30, 40]
+    # a zero-minute budget checkpoints at every step
+    writes.clear()
+    _train_tiny(tiny, tmp_path / "budget", max_steps=5, checkpoint_minutes=1e-9)
+    assert writes == [1, 2, 3, 4, 5]
+
+
+def test_sigusr1_checkpoints_and_training_goes_on(tiny, tmp_path, monkeypatch):
+    writes = _count_resume_writes(monkeypatch)
+    original, calls = inference.minibatch_loss, [0]
+
+    def usr1_at_three(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGUSR1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "minibatch_loss", usr1_at_three)
+    summary = _train_tiny(tiny, tmp_path / "run", max_steps=8, val_every=4)
+    assert writes == [3, 8] and summary["steps"] == 8
+
+
+def test_a_finished_run_is_not_trained_again(tiny, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    first = _train_tiny(tiny, run_dir, max_steps=6)
+    model_bytes = (run_dir / "model.pt").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(inference, "make_step", refuse)
+        again = _train_tiny(tiny, run_dir, max_steps=6)
+    assert again == first and (run_dir / "model.pt").read_bytes() == model_bytes
+    # other settings: trained afresh
+    changed = _train_tiny(tiny, run_dir, max_steps=7)
+    assert changed["steps"] == 7 and changed["training_key"] != first["training_key"]

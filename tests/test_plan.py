@@ -81,3 +81,38 @@ def test_bad_input_names_the_problem(files):
 def test_the_stored_speed_table_loads():
     table = plan.load_speed_table()
     assert len(table) and (table["steps_per_second"] > 0).all()
+
+
+PACKED = ("family\tdataset\tdevice\tsteps_per_second\tkind\truns_per_device\tmeasured_on\tdate\n"
+          "sams_vae\tsim\tcuda\t100\ttrain\t1\tgpu\t2026-01-01\n"
+          "cpa_vae\tsim\tcuda\t200\ttrain\t1\tgpu\t2026-01-01\n"
+          "sams_vae\tsim\tcuda\t90\tpacked\t1\tgpu, packed\t2026-01-01\n"
+          "sams_vae\tsim\tcuda\t270\tpacked\t4\tgpu, packed\t2026-01-01\n")
+
+
+def test_packing_gain_from_the_packed_rows(files, capsys):
+    (files / "packed.tsv").write_text(PACKED)
+    table = plan.load_speed_table(str(files / "packed.tsv"))
+    # the packed rows are not one run's speed
+    assert plan.speed(table, "sams_vae", "sim", "cuda")["steps_per_second"] == 100
+    assert plan.packing_gain(table, "sim", "cuda", 4)["gain"] == pytest.approx(3.0)  # 270 / 90
+    assert plan.packing_gain(table, "sim", "cuda", 2) is None  # not measured: no interpolation
+    assert plan.packing_gain(table, "sim", "cuda", 1) is None
+    assert cli.main(["plan", "--config", str(files / "config.yaml"), "--run", "tiny", "--device",
+                     "cuda", "--pack", "4", "--speed-table", str(files / "packed.tsv")]) == 0
+    out = capsys.readouterr().out
+    # 3 seeds x 3600 steps: sams 10800 / 100 / 3600 = 0.03 h, cpa 0.015 h; / gain 3 = 0.015 h
+    assert "total 0.0 device-hours one run per device; 0.0 with 4 run(s) per device" in out
+    assert "packing gain 3.00x for 4 runs per device: measured with sams_vae on sim" in out
+    p = plan.experiment_plan(sbconfig.load(str(files / "config.yaml")), "tiny", table, "cuda")
+    assert sum(r["device_hours"] for r in p["families"]) == pytest.approx(0.045)
+    (files / "bad_kind.tsv").write_text(PACKED.replace("packed\t4", "pack\t4"))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        plan.load_speed_table(str(files / "bad_kind.tsv"))
+
+
+def test_the_stored_table_has_the_measured_gpu_rows():
+    table = plan.load_speed_table()
+    row = plan.speed(table, "sams_vae", "replogle", "cuda")
+    assert row["steps_per_second"] == pytest.approx(100.8) and "H200" in row["measured_on"]
+    assert plan.packing_gain(table, "replogle", "cuda", 8)["gain"] == pytest.approx(443 / 105)

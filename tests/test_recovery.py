@@ -1,7 +1,10 @@
-"""Recovery of planted truth on simulated data, with numbers from real runs.
+"""Recovery of planted truth on simulated data: a model's skill, from real training runs.
 
-Training here is short (CI runs on two CPU cores), so the thresholds are set below the numbers
-measured with these exact settings; the comments give the measured values.
+Training here is short (CI runs on two CPU cores). A trained model's score moves with the
+training seed and with the CPU's floating-point rounding, so each threshold sits below the
+lowest value measured over several seeds on two floating-point paths (the native kernels and
+``ATEN_CPU_CAPABILITY=default``), by a margin the docstrings state. The exact half (the true
+mask scores F1 = AUROC = 1) is in test_reference_sim.py.
 """
 
 import os
@@ -73,9 +76,13 @@ def test_mask_stats_hand_computed():
 def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
     """Prior-matched recovery with the latent-basis alignment (`align_basis_at`).
 
-    Measured with exactly these settings: AUROC 0.922, F1 0.72, density 0.165 (truth 0.128);
-    the same model without alignment reaches AUROC 0.816 and density 0.43 (its latent space
-    ends rotated against the true axes; docs/mask_recovery.md, bench/studies/prior_recovery.py).
+    Measured with exactly these settings over training seeds 0, 1, 2 on two floating-point
+    paths (native / ``ATEN_CPU_CAPABILITY=default``): AUROC 0.919 / 0.924, 0.916 / 0.910,
+    0.907 / 0.904 (mean 0.913, sd 0.008, range 0.904-0.924); density 0.161-0.186 (truth
+    0.128). The test trains seed 0 and asserts AUROC >= 0.87, 0.034 (about four sd) below the
+    lowest of the six. The same model without alignment reaches AUROC 0.816 and density 0.43
+    (its latent space ends rotated against the true axes; docs/mask_recovery.md,
+    bench/studies/prior_recovery.py).
     """
     data_path, split_path = write(str(tmp_path), "random", **PRIOR_MATCHED_DATA)
     latents = train(data_path, split_path, str(tmp_path / "run"), "sams_vae", 3000,
@@ -83,7 +90,7 @@ def test_sams_vae_recovers_masks_drawn_from_its_own_prior(tmp_path):
                     embedding_prior_scale=2.0, align_basis_at=0.3)
     stats = matched_stats(data_path, latents)
     print("prior-matched SAMS-VAE, aligned", stats)
-    assert stats["auroc"] >= 0.9
+    assert stats["auroc"] >= 0.87
     assert 0.08 <= stats["density"] <= 0.25
 
 
@@ -105,7 +112,10 @@ def test_additive_models_predict_held_out_combinations_and_svae_plus_cannot(tmp_
         pred = evaluate.read_predictions(predictions, adata).loc[held_out]
         scores[family] = float(np.corrcoef(pred.to_numpy().ravel(), true_ate.to_numpy().ravel())[0, 1])
     print("held-out combination ATE Pearson", scores)
-    # Measured: cpa_vae 0.964, additive_mean 0.836, svae_plus 0.155.
+    # Measured on two floating-point paths (native / ATEN_CPU_CAPABILITY=default), seed 0:
+    # cpa_vae 0.970 / 0.968, additive_mean 0.862 (no training), svae_plus -0.23 / +0.25. SVAE+
+    # has never seen these combinations, so its r is chance and its sign a coin flip: the bound
+    # is 0.5, twice the largest measured.
     assert scores["cpa_vae"] >= 0.8
     assert scores["additive_mean"] >= 0.8
-    assert abs(scores["svae_plus"]) < 0.3
+    assert abs(scores["svae_plus"]) < 0.5

@@ -49,7 +49,7 @@ def test_leaderboard_mean_sd_best_and_reasons():
     assert "zero effect" in board.loc[("c", "ate_pearson"), "reason"]
     assert "no likelihood" in board.loc[("b", "test_iwelbo"), "reason"]
     assert "normalised_mean" not in board  # raw only until metrics.tsv has scores
-    page = report.leaderboard_html(board.reset_index(), "e")
+    page = report.leaderboard_html(board.reset_index(), "e").replace("<wbr>", "")
     assert page.count("★</b>") == 4 and "n/a" in page
 
 
@@ -332,5 +332,58 @@ def test_the_replicate_ceiling_is_never_the_best_and_iwelbo_gets_no_normalised_c
     board = report.leaderboard(pd.DataFrame(rows)).set_index(["model", "metric"])
     assert board.loc[("a", "ate_pearson"), "best"] and not board.loc[("r", "ate_pearson"), "best"]
     assert board.loc[("a", "ate_pearson"), "normalised_best"]
-    page = report.leaderboard_html(board.reset_index(), "e")
+    page = report.leaderboard_html(board.reset_index(), "e").replace("<wbr>", "")
     assert "ate_pearson normalised" in page and "test_iwelbo normalised" not in page
+
+
+def test_leaderboard_marks_best_only_beyond_noise_and_shows_differences():
+    rows = (_rows("lin", "linear", "pearson_delta", "test", [0.60, 0.60])
+            + _rows("a", "sams_vae", "pearson_delta", "test", [0.62, 0.61])
+            + _rows("a", "sams_vae", "ate_pearson", "test", [0.7, 0.7])
+            + _rows("lin", "linear", "ate_pearson", "test", [0.5, 0.5]))
+    metrics = pd.DataFrame(rows)
+    split = metrics["split"].iloc[0]
+    differences = pd.DataFrame([
+        {"split": split, "metric": "pearson_delta", "model": "a", "best": False,
+         "diff_baseline": 0.015, "diff_lo": -0.01, "diff_hi": 0.04, "baseline": "lin"},
+        {"split": split, "metric": "pearson_delta", "model": "lin", "best": False,
+         "diff_baseline": 0.0, "diff_lo": 0.0, "diff_hi": 0.0, "baseline": "lin"}])
+    board = report.leaderboard(metrics, differences).set_index(["model", "metric"])
+    assert not board["best"].any()  # the lead is within noise; ate_pearson has no bootstrap
+    assert board.loc[("a", "pearson_delta"), "diff_lo"] == pytest.approx(-0.01)
+    page = report.leaderboard_html(board.reset_index(), "e")
+    assert "★" not in page.replace("★ the best", "")
+    assert "Difference to the best simple baseline" in page and "[-0.010, +0.040]" in page
+
+
+def test_leaderboard_says_why_a_normalised_column_is_absent_and_cost_names_the_load():
+    rows = (_rows("a", "sams_vae", "pearson_delta", "test", [0.5], [math.nan])
+            + _rows("r", "replicate", "pearson_delta", "test", [0.9], [math.nan]))
+    metrics = pd.DataFrame(rows).assign(
+        normalised_note="not discriminative here: ceiling 0.975 vs best simple baseline 0.971")
+    page = report.leaderboard_html(report.leaderboard(metrics), "e")
+    assert "not discriminative here: ceiling 0.975 vs best simple baseline 0.971" in page
+    assert "white-space:normal" in page  # headers wrap: no horizontal scroll
+    cost = pd.DataFrame([{"model": "m", "family": "f", "step": "train", "jobs": 1,
+                          "seconds_mean": 1.0, "seconds_total": 1.0, "max_rss_mb": 1.0,
+                          "steps_per_second": 2.0}])
+    assert "load" in report.cost_html(cost, "e")
+
+
+def test_mask_heatmaps_get_a_caveat_when_masks_stay_near_their_start():
+    from samsbench.stages.figures import mask_caveat
+
+    assert "not learned yet" in mask_caveat(np.full((4, 5), 0.45))
+    assert mask_caveat(np.r_[np.full(10, 0.02), np.full(2, 0.5)]) == ""
+
+
+def test_training_curves_plot_the_reconstruction_term_not_the_loss():
+    from samsbench.plots.experiment import training_curves
+
+    runs = [{"model": m, "family": m, "split": "s", "seed": 0} for m in ("a", "b")]
+    hist = [pd.DataFrame({"step": [1, 2], "val_loss": [600.0 + k, 590.0 + k],
+                          "val_reconstruction": [580.0, 570.0]}) for k in (0, 10)]
+    fig = training_curves(runs, hist)
+    ax = fig.axes[0]
+    assert "reconstruction" in ax.get_title()
+    assert max(line.get_ydata().max() for line in ax.get_lines() if len(line.get_ydata())) == 580

@@ -108,11 +108,31 @@ def dataset_reader(experiment):
     )
 
 
+# a missing local gene-set file is found now, not after every model trained
+sbenrich.check_library_files(
+    config, [e for e in config["run"] if dataset_reader(e).gene_symbols]
+)
+
+
 def planted_targets(experiment):
-    """The mask-recovery table, for a dataset with a planted mask (planted.smk)."""
-    if not dataset_reader(experiment).planted_mask:
+    """The mask-recovery table, for a dataset with a planted mask, the planted-program rate
+    where it has gene symbols, and the scores by combination class (planted.smk)."""
+    reader = dataset_reader(experiment)
+    if not reader.planted_mask:
         return []
-    return [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
+    out = [f"{RESULTS}/{experiment}/mask_recovery.tsv"]
+    if reader.gene_symbols:  # planted gene-set programs: their recovery rate over seeds
+        out += [
+            f"{RESULTS}/{experiment}/planted_program_rate.tsv",
+            f"{RESULTS}/{experiment}/figures/planted_program_rate.png",
+        ]
+    dataset = config["datasets"][config["experiments"][experiment]["dataset"]]
+    if (dataset.get("simulate") or {}).get("combination_classes"):
+        out += [
+            f"{RESULTS}/{experiment}/class_scores.tsv",
+            f"{RESULTS}/{experiment}/figures/class_scores.png",
+        ]
+    return out
 
 
 def stability_runs(experiment):

@@ -10,6 +10,8 @@ rule evaluate:
     output:
         predictions=sbio.run_file(RUN, "predictions"),
         metrics=sbio.run_file(RUN, "metrics"),
+        # the test perturbations' rows, for the paired bootstrap of aggregate_metrics
+        perturbations=sbio.run_file(RUN, "perturbation_metrics"),
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:
@@ -61,9 +63,13 @@ rule score_external:
 
 rule aggregate_metrics:
     input:
-        lambda wc: run_files(wc.experiment, "metrics") + external_metrics(wc.experiment),
+        metrics=lambda wc: run_files(wc.experiment, "metrics")
+        + external_metrics(wc.experiment),
+        perturbations=lambda wc: run_files(wc.experiment, "perturbation_metrics"),
     output:
-        f"{RESULTS}/{{experiment}}/metrics.tsv",
+        metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
+        # the paired bootstrap over test perturbations and seeds (metrics.paired_bootstrap)
+        differences=f"{RESULTS}/{{experiment}}/differences.tsv",
     log:
         f"{RESULTS}/logs/aggregate_metrics/{{experiment}}.log",
     localrule: True

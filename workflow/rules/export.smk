@@ -21,6 +21,9 @@ rule export_cell_eval:
         n_cells=lambda wc: config["experiments"][wc.experiment]["evaluation"][
             "export_cells"
         ],
+        clip=lambda wc: config["experiments"][wc.experiment]["evaluation"][
+            "export_clip"
+        ],
         family=lambda wc: config["models"][wc.model]["family"],
         device=config["device"],
     message:

@@ -5,6 +5,7 @@
 rule report_summary:
     input:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
+        differences=f"{RESULTS}/{{experiment}}/differences.tsv",
         summaries=lambda wc: run_files(wc.experiment, "summary"),
         data=prepared,
         splits=lambda wc: list(experiment_splits(wc).values()),

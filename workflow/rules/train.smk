@@ -54,6 +54,8 @@ rule fit_and_evaluate:
         latents=sbio.run_file(RUN, "latents"),
         predictions=sbio.run_file(RUN, "predictions"),
         metrics=sbio.run_file(RUN, "metrics"),
+        # the test perturbations' rows, for the paired bootstrap of aggregate_metrics
+        perturbations=sbio.run_file(RUN, "perturbation_metrics"),
     log:
         f"{RESULTS}/logs/train/{{experiment}}/{{model}}/{{split}}/seed{{seed}}.log",
     benchmark:

@@ -130,9 +130,12 @@ def _evaluate(args):
     from samsbench import io as sbio
     from samsbench.stages import evaluate
 
+    # identity columns: the run's own summary.json, unless given on the command line; a
+    # plug-in named only by summary.json is refused; the inputs must be the run's own
     run = evaluate.resolve_identity(args.run, {
         "experiment": args.experiment, "dataset": args.dataset, "model": args.name,
         "family": args.family, "split": args.split_name, "seed": args.seed})
+    evaluate.check_run_inputs(args.run, args.data, args.splits)
     if args.threads:
         from samsbench.stages import train
 
@@ -204,12 +207,14 @@ def _mask_recovery(args):
 
 def _export(args):
     from samsbench import io as sbio
-    from samsbench.stages import export
+    from samsbench.stages import evaluate, export
 
+    export.check_out_dir(args.out)
+    evaluate.check_run_inputs(args.run, args.data, args.splits)
     paths = export.export_cell_eval(
         sbio.run_file(args.run, "model"), args.data, args.splits, args.out, n_cells=args.cells,
         mode=args.mode, predictions_path=sbio.run_file(args.run, "predictions"),
-        seed=args.seed, device=args.device, family=args.family or None)
+        seed=args.seed, device=args.device, family=args.family or None, clip=not args.no_clip)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0
@@ -408,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["auto", "mean", "sample"], default="auto",
                    help="sample cells from the model, or copies of its predicted mean; auto: "
                    "sample for a model with a likelihood (default auto)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="mean mode: instead of setting predicted values below 0 to 0, shift each "
+                   "gene in both files so none is negative (deltas unchanged: cell-eval's "
+                   "pearson_delta equals ours)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--family", default="", help="the config's family (needed for a plug-in)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
@@ -421,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=positive_int, default=1, help="devices working at once")
     p.add_argument("--pack", type=positive_int,
                    help="runs per device (default: the config's cluster.runs_per_gpu)")
-    p.add_argument("--pack-gain", type=positive_float, default=1.0,
-                   help="throughput of --pack runs on one device over one run's (measured by "
-                   "bench/gpu_check.py; default 1 = no gain assumed)")
+    p.add_argument("--pack-gain", type=positive_float, default=None,
+                   help="throughput of --pack runs on one device over one run's (default: "
+                   "the speed table's packed rows; 1 where not measured)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="device to plan for (default: both)")
     p.add_argument("--speed-table", help="speed table TSV (default: the packaged one)")
     p.set_defaults(func=_plan)
@@ -437,14 +446,31 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"samsbench {args.command}: interrupted (Ctrl-C); no output was half-written"
+              + ("; run the same command again to resume from the last checkpoint"
+                 if args.command == "train" else ""), file=sys.stderr)
+        return 130
     except ImportError as exc:
         # a verb's module (imported in its handler) is broken or a dependency is missing
         print(f"samsbench {args.command}: error: cannot import what this command needs: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except MemoryError as exc:  # the memory pre-flight's refusal, or an allocation failing
+        print(f"samsbench {args.command}: error: {exc or 'out of memory'}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError) as exc:
+        # user mistakes: a bad value, a missing or unwritable path, a refused input
         print(f"samsbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(f"samsbench {args.command}: this is a bug in samsbench, not a mistake of yours; "
+              "please report it (an issue in the project's repository) with the command you "
+              "ran and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ def validate(config: dict) -> dict:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"config.yaml: {where}: {e.message}")
+    check_repeats(config)
+    check_simulation_params(config)
     if expand_grids(config):
         # the generated splits and models get their defaults and checks like written ones
         errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -127,6 +129,59 @@ def validate(config: dict) -> dict:
     check_families(config)
     check_hyperparameters(config)
     return config
+
+
+def check_repeats(config: dict) -> None:
+    """A name or seed listed twice would run (and count) one run twice: every row of
+    metrics.tsv doubled and a seed's sd of 0 where one seed ran."""
+    lists = [("run", config.get("run") or [])]
+    for name, exp in config["experiments"].items():
+        for key in ("splits", "models", "seeds"):
+            lists.append((f"experiments/{name}/{key}", exp.get(key) or []))
+        for model, seeds in (exp.get("model_seeds") or {}).items():
+            lists.append((f"experiments/{name}/model_seeds/{model}", seeds or []))
+        lists.append((f"experiments/{name}/enrichment/models",
+                      (exp.get("enrichment") or {}).get("models") or []))
+    for where, items in lists:
+        seen = set()
+        for item in items:
+            if item in seen:
+                raise ConfigError(f"config.yaml: {where}: {item!r} is listed twice; remove the "
+                                  "repeat (each entry runs once; a repeat would count it twice)")
+            seen.add(item)
+
+
+# The function that receives a dataset's `simulate:` block, by source. Its arguments are read
+# from the source file (ast), without importing the simulator and what it imports.
+SIMULATORS = {"simulate": ("data/simulate.py", "simulate"),
+              "reference_sim": ("data/reference_sim.py", "simulate_reference")}
+
+
+def _parameters(relative_path: str, function: str) -> list[str]:
+    import ast
+
+    with open(os.path.join(os.path.dirname(__file__), relative_path)) as fh:
+        tree = ast.parse(fh.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            args = node.args
+            return [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+    raise AssertionError(f"{relative_path} defines no {function}()")
+
+
+def check_simulation_params(config: dict) -> None:
+    """Every key of a dataset's ``simulate:`` block is an argument of its simulator."""
+    from samsbench.models.hparams import closest
+
+    for name, block in config["datasets"].items():
+        params = block.get("simulate")
+        if not params or block.get("source") not in SIMULATORS:
+            continue
+        known = _parameters(*SIMULATORS[block["source"]])
+        for key in params:
+            if key not in known:
+                raise ConfigError(f"config.yaml: datasets/{name}/simulate: unknown argument "
+                                  f"{key!r}{closest(key, known)}; known: {', '.join(known)}")
 
 
 def check_references(config: dict) -> None:
@@ -145,14 +200,49 @@ def check_references(config: dict) -> None:
             if model not in exp["models"]:
                 raise ConfigError(f"experiment {name}: model_seeds names {model!r}, which is "
                                   f"not in its models {exp['models']}")
+        for model in (exp.get("enrichment") or {}).get("models") or []:
+            if model not in exp["models"]:
+                raise ConfigError(f"config.yaml: experiments/{name}/enrichment/models: "
+                                  f"{model!r} is not a model of this experiment; its models: "
+                                  f"{', '.join(exp['models'])}")
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (PyYAML
+    keeps the last silently: a second ``models:`` would drop the first list)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first is not None:
+                raise _DuplicateKey(f"key {key!r} is written twice, at lines {first} and "
+                                    f"{line}; YAML would keep only the second: remove or "
+                                    "merge one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str) -> dict:
     """A config file's settings, unvalidated; a YAML syntax error names the line and column
-    (Snakemake's own loader says only that the file is not valid YAML)."""
+    (Snakemake's own loader says only that the file is not valid YAML), a key written twice
+    in one mapping both its lines."""
     with open(path) as fh:
         try:
-            config = yaml.safe_load(fh) or {}
+            config = yaml.load(fh, Loader=UniqueKeyLoader) or {}
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -228,8 +318,10 @@ def resolve_training_run(config: dict, experiment: str | None, model: str,
         except yaml.YAMLError:
             value = text
         if key in training:
+            check_override(item, key, value, "training")
             training[key] = value
         elif key in declared:
+            check_override(item, key, value, "hyperparameters", family)
             config["models"][model][key] = value
         else:
             from samsbench.models.hparams import closest
@@ -239,6 +331,37 @@ def resolve_training_run(config: dict, experiment: str | None, model: str,
                               f"{family}{closest(key, known)}; known: {', '.join(known)}")
     hp = model_hyperparameters(config, experiment, model)
     return hp, training
+
+
+def _override_schema(kind: str, key: str) -> dict:
+    schema = load_schema()
+    if kind == "training":
+        experiment = schema["properties"]["experiments"]["additionalProperties"]
+        return experiment["properties"]["training"]["properties"][key]
+    return schema["$defs"]["hyperparameters"]["properties"].get(key, {})
+
+
+def check_override(item: str, key: str, value, kind: str, family: str | None = None) -> None:
+    """One ``--set key=value`` against the schema (type, range) and, for a hyperparameter, its
+    family's typed dataclass: the same checks as config.yaml, before any data is read."""
+    errors = list(jsonschema.Draft202012Validator(_override_schema(kind, key)).iter_errors(value))
+    if errors:
+        hint = ""
+        if "integer" in str(errors[0].schema.get("type", "")):
+            try:
+                number = float(value)
+                if number.is_integer():
+                    hint = f"; write a whole number, e.g. {key}={int(number)}"
+            except (TypeError, ValueError):
+                pass
+        raise ConfigError(f"--set {item}: {errors[0].message}{hint}")
+    if family is not None:
+        from samsbench import models as registry
+
+        try:
+            registry.hyperparameters(family, {key: value})
+        except ValueError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
 
 
 def model_hyperparameters(config: dict, experiment: str | None, model: str) -> dict:

@@ -41,11 +41,16 @@ TRAINING_DEFAULTS = {
     "weight_decay": 1e-6,
     "n_particles": 5,
     "val_every": None,  # None: once per epoch of the training split, as the reference
-    "checkpoint_every": None,  # None: at every validation
+    "checkpoint_every": None,  # None: on a time budget, checkpoint_minutes
     "grad_clip": None,
     "iwelbo_particles": 100,
     "global_lr_multiplier": 1.0,
+    "checkpoint_minutes": 10.0,  # resume.pt at most this often when checkpoint_every is None
+    "compile": "auto",  # the compiled step (make_step): auto = on CUDA only
 }
+COMPILE_SETTINGS = ("auto", "on", "off")
+# Training settings that do not change the numbers (left out of the resume fingerprint).
+NUMBER_NEUTRAL = ("checkpoint_every", "checkpoint_minutes", "compile")
 # Largest particles x cells x genes block evaluated at once outside training (memory bound).
 BLOCK_ELEMENTS = 1 << 24
 # Part of the resume fingerprint: a resume.pt of another layout is not read.
@@ -190,13 +195,13 @@ def split_loss(model, data, split: str, n_particles: int, batch_size: int) -> di
     its parts (``LOSS_PARTS``)."""
     index = data.split_index(split)
     inv = inverse_counts(data.dose_counts(split))
-    totals = [0.0] * (1 + len(LOSS_PARTS))
+    # summed on the device in float64 and read once: a read per minibatch waits for a GPU
+    totals = torch.zeros(1 + len(LOSS_PARTS), dtype=torch.float64, device=data.X.device)
     for rows in minibatches(index, batch_size):
         x, dose = data.X[rows], data.dosage(data.codes[rows])
-        values = minibatch_loss(model, x, dose, inv, n_particles).values()
-        totals = [t + v * len(rows) for t, v in zip(totals, values)]
+        totals += minibatch_loss(model, x, dose, inv, n_particles).stacked().double() * len(rows)
     n = max(len(index), 1)
-    return dict(zip(("loss",) + LOSS_PARTS, (t / n for t in totals)))
+    return dict(zip(("loss",) + LOSS_PARTS, (t / n for t in totals.tolist())))
 
 
 @torch.no_grad()
@@ -210,12 +215,12 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
         raise ValueError(f"the {split!r} split has no cells")
     globals_ = model.sample_globals(n_particles)
     batch = max(1, BLOCK_ELEMENTS // (n_particles * data.X.shape[1]))
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=data.X.device)  # read once, below
     for rows in minibatches(index, batch):
         x, dose = data.X[rows], data.dosage(data.codes[rows])
         log_w = particle_elbo(model, x, dose, None, n_particles, globals_, with_globals=False)
-        total += (torch.logsumexp(log_w, 0) - math.log(n_particles)).double().sum().item()
-    return total / len(index)
+        total += (torch.logsumexp(log_w, 0) - math.log(n_particles)).double().sum()
+    return total.item() / len(index)
 
 
 @torch.no_grad()
@@ -223,15 +228,41 @@ def iwelbo(model, data, split: str, n_particles: int = 100, seed: int = 0) -> fl
 def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 128,
                     library_size: float = 1e4, seed: int = 0,
                     log_normalize: bool = True) -> np.ndarray:
-    """Mean log2(CP10k+1) of sampled counts per perturbation (the reference's model ATE estimator): fresh prior
-    local latents per condition, globals shared within a chunk of particles, fixed seed. A
-    model without a likelihood predicts its means directly. ``log_normalize=False`` averages
-    the samples themselves (continuous data)."""
+    """Mean log2(CP10k+1) of sampled counts per perturbation (the reference's model ATE
+    estimator): fresh prior local latents per condition, globals shared within a chunk of
+    particles, fixed seed. A model without a likelihood predicts its means directly.
+    ``log_normalize=False`` averages the samples themselves (continuous data). Every sampled
+    cell has ``library_size`` counts (the paper's 10,000)."""
+    return _sampled_means(model, data, labels, n_particles, chunk, library_size, None, seed,
+                          log_normalize)[1]
+
+
+def predicted_means_matched(model, data, labels, depths, n_particles: int = 2500,
+                            chunk: int = 128, library_size: float = 1e4, seed: int = 0):
+    """(depth-matched, at ``library_size``) mean log2(CP10k+1) per label from the same latent
+    draws: the first draws each sampled cell's library size from ``depths[i]`` (the totals of
+    label i's own cells, so the prediction has the sampling zeros of the data it is scored
+    against), the second is ``predicted_means``."""
+    if len(depths) != len(labels):
+        raise ValueError(f"{len(depths)} depth arrays for {len(labels)} labels")
+    return _sampled_means(model, data, labels, n_particles, chunk, library_size, depths, seed,
+                          True)
+
+
+@torch.no_grad()
+@unchecked_distributions()
+def _sampled_means(model, data, labels, n_particles, chunk, library_size, depths, seed,
+                   log_normalize):
     if not model.has_likelihood:
-        return np.asarray(model.predict_means(list(labels)), dtype=np.float64)
+        means = np.asarray(model.predict_means(list(labels)), dtype=np.float64)
+        return means, means
     torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
     dose = data.dosage_for_labels(list(labels))
-    sums = torch.zeros(len(labels), data.X.shape[1], dtype=torch.float64, device=data.X.device)
+    shape = (len(labels), data.X.shape[1])
+    sums = torch.zeros(shape, dtype=torch.float64, device=data.X.device)
+    matched = (torch.zeros(shape, dtype=torch.float64, device=data.X.device)
+               if depths is not None else None)
     for start in range(0, n_particles, chunk):
         n_p = min(chunk, n_particles - start)
         g, _ = model.sample_globals(n_p)
@@ -243,12 +274,18 @@ def predicted_means(model, data, labels, n_particles: int = 2500, chunk: int = 1
             h = model.decoder_input(u, ctx)
             lib = torch.full(h.shape[:-1], library_size, device=h.device)
             x = model.decoder.sample(h, lib)
-            if log_normalize:
-                y = log2_cp10k(x)
-            else:
-                y = x
+            y = log2_cp10k(x) if log_normalize else x
             sums[r0 : r0 + rows_per_block] += y.sum(0).double()
-    return (sums / n_particles).cpu().numpy()
+            if depths is not None:
+                drawn = np.stack([gen.choice(np.asarray(depths[r], dtype=np.float64), size=n_p)
+                                  for r in range(r0, r0 + h.shape[1])], axis=1)
+                lib = torch.as_tensor(drawn, dtype=h.dtype, device=h.device)
+                # a forked random stream: the paper's draws stay those of predicted_means
+                with torch.random.fork_rng(devices=[h.device] if h.is_cuda else []):
+                    x = model.decoder.sample(h, lib)
+                matched[r0 : r0 + rows_per_block] += log2_cp10k(x).sum(0).double()
+    paper = (sums / n_particles).cpu().numpy()
+    return ((matched / n_particles).cpu().numpy() if depths is not None else paper), paper
 
 
 @torch.no_grad()
@@ -276,13 +313,14 @@ def sample_cells(model, data, labels, n_cells: int, libraries: np.ndarray,
 
 # -- checkpoints ---------------------------------------------------------------------------
 
-def load_resume(path: str, device="cpu") -> dict | None:
-    """The state saved at ``path``; None when there is none, and None with a warning when the
+def load_resume(path: str) -> dict | None:
+    """The state saved at ``path``, on the CPU (the RNG states must stay there; the engine
+    moves the rest to its device); None when there is none, and None with a warning when the
     file is empty, cut or unreadable (a fresh start beats failing every retry on it)."""
     if not os.path.exists(path):
         return None
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
         log.warning("%s is unreadable (%s: %s); training starts afresh and overwrites it",
                     path, type(exc).__name__, exc)
@@ -294,11 +332,61 @@ def load_resume(path: str, device="cpu") -> dict | None:
     return saved
 
 
+def restore_resume(path: str, key: str, device, model, optim, gen) -> dict | None:
+    """Restore the state saved at ``path`` into the model, the optimiser, the global random
+    generators and the minibatch-order generator ``gen``, and return it (the loop's state, the
+    order on ``device``); None when there is none or it belongs to another configuration
+    (``key``, the fingerprint). The file is read on the CPU whatever ``device`` is: the
+    generators take their states as CPU byte tensors only."""
+    saved = load_resume(path)
+    if saved is None:
+        return None
+    if saved.get("fingerprint") != key:
+        log.info("ignoring %s: it belongs to another configuration", path)
+        return None
+    model.load_state_dict(saved["model"])  # copied into the parameters, on their device
+    optim.load_state_dict(saved["optim"])  # moves its state to the parameters' device
+    torch.set_rng_state(saved["rng"])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    gen.set_state(saved["gen"])
+    if saved.get("perm") is not None:
+        saved["perm"] = saved["perm"].to(device)
+    return saved
+
+
 def model_record(model, family: str, data) -> dict:
     """What ``model.pt`` holds: the family, every hyperparameter (defaults included), the
     genes and perturbation columns it was built on, and its state."""
     return {"family": family, "hp": dataclasses.asdict(model.hparams), "genes": data.genes,
             "columns": data.columns, "encoding": data.encoding, "state_dict": model.state_dict()}
+
+
+def read_checkpoint(path: str, device="cpu"):
+    """``torch.load`` of tensors and plain data only; a file that is empty, cut short or holds
+    anything else is a ``ValueError`` naming the file. Torch's own advice for a refused pickle
+    (load it with weights_only=False, which runs its code) is never passed on."""
+    import pickle
+    import warnings
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty, not a samsbench checkpoint; train the run "
+                         "again (samsbench train) or give the model.pt it wrote")
+    try:
+        with warnings.catch_warnings():  # torch's note on pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not a samsbench checkpoint: it holds Python objects that a "
+                         "checkpoint never contains, so it was refused without running "
+                         "anything; use the model.pt that samsbench train wrote") from None
+    except (EOFError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "archive" not in str(exc):
+            raise  # not about the file's bytes (a device, say)
+        first = str(exc).split(".")[0] or type(exc).__name__
+        raise ValueError(f"{path}: not a readable samsbench checkpoint (cut short or "
+                         f"corrupt: {first}); train the run again or copy the file "
+                         "again") from None
 
 
 def load_model(path: str, device="cpu", family=None):
@@ -308,7 +396,7 @@ def load_model(path: str, device="cpu", family=None):
     a file or imported as a module, so loading a file cannot execute code. A plug-in family
     comes from the config the user wrote: pass it as ``family`` (the config's ``family:``
     string, which must equal the checkpoint's, or the class itself)."""
-    record = torch.load(path, map_location=device, weights_only=True)
+    record = read_checkpoint(path, device)
     name = record.get("family") if isinstance(record, dict) else None
     if not isinstance(name, str):
         raise ValueError(f"{path}: not a samsbench checkpoint (no family name)")
@@ -372,9 +460,12 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     ``family`` is the registry name the model was built from (recorded, so that the
     checkpoint can be rebuilt) and ``hp`` its hyperparameters (a block or the dataclass),
     checked against the model's own. Writes ``model.pt`` (best), ``history.tsv`` (the loss and
-    its parts at each validation) and ``summary.json`` in ``run_dir`` and keeps ``resume.pt``
-    (full state at the last checkpoint) so that a killed run continues from there and ends
-    with the same numbers as an uninterrupted one.
+    its parts at each validation) and ``summary.json`` in ``run_dir``. While training it keeps
+    ``resume.pt`` (the full state at the last checkpoint: ``checkpoint_every`` steps, else at
+    most every ``checkpoint_minutes``, at SIGTERM / SIGUSR1 and at the last step) so that a
+    killed run continues from there and ends with the same numbers as an uninterrupted one;
+    a completed run removes it, and a run already completed with the same settings is not
+    trained again (its model.pt is loaded into ``model``).
     """
     cfg = {**TRAINING_DEFAULTS, **{k: v for k, v in training.items() if v is not None}}
     hparams = dataclasses.asdict(model.hparams)
@@ -399,79 +490,80 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
     batch_size = int(cfg["batch_size"])
     steps_per_epoch = math.ceil(n_train / batch_size)
     val_every = int(cfg["val_every"] or steps_per_epoch)
-    ckpt_every = int(cfg["checkpoint_every"] or val_every)
+    ckpt_every = int(cfg["checkpoint_every"]) if cfg["checkpoint_every"] else None
+    ckpt_seconds = 60 * float(cfg["checkpoint_minutes"])
     max_steps = int(cfg["max_steps"])
+    compiled = use_compile(cfg["compile"], data.device)
+
+    # The settings that change the numbers; how often to checkpoint and whether the step is
+    # compiled do not. The device type is part of it: the order generator's state differs.
+    settings = {k: v for k, v in cfg.items() if k not in NUMBER_NEUTRAL}
+    key = fingerprint(RESUME_FORMAT, family, hparams, settings, seed, data.genes, data.columns,
+                      n_train, *([] if data.device.type == "cpu" else [data.device.type]))
+    resume_path = sbio.run_file(run_dir, "resume")
+    done = finished_summary(run_dir, key)
+    if done is not None:  # a finished run is not trained again: its model is loaded
+        log.info("%s is already trained with these settings; loading its model.pt", run_dir)
+        record = torch.load(sbio.run_file(run_dir, "model"), map_location="cpu",
+                            weights_only=True)
+        model.load_state_dict(record["state_dict"])
+        model.to(data.device).eval()
+        return done
 
     torch.manual_seed(seed)
     mean, std = data.input_statistics(model.normalization)
     model.set_input_statistics(mean, std)
     model.to(data.device)
-    optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
-                           float(cfg["global_lr_multiplier"]))
-    gen = torch.Generator().manual_seed(seed)
+
+    def new_optimizer():
+        return make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
+                              float(cfg["global_lr_multiplier"]))
+
+    optim = new_optimizer()
+    # Minibatch order: drawn on the data's device, so no step copies indices from the host.
+    gen = torch.Generator(device=data.device).manual_seed(seed)
     train_index = data.split_index("train")
     inv_train = inverse_counts(data.dose_counts("train"))
-    key = fingerprint(RESUME_FORMAT, family, hparams, cfg, seed, data.genes, data.columns,
-                      n_train)
-    resume_path = sbio.run_file(run_dir, "resume")
     state = {"step": 0, "perm": None, "pos": 0, "best_val": math.inf, "best_step": -1,
              "best_state": None, "history": [], "elapsed": 0.0,
              "train_sums": [0.0] * (1 + len(LOSS_PARTS)), "train_n": 0}
-    saved = load_resume(resume_path, data.device)
+    saved = restore_resume(resume_path, key, data.device, model, optim, gen)
     if saved is not None:
-        if saved.get("fingerprint") == key:
-            model.load_state_dict(saved["model"])
-            optim.load_state_dict(saved["optim"])
-            torch.set_rng_state(saved["rng"])
-            if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(saved["cuda_rng"])
-            gen.set_state(saved["gen"])
-            state.update({k: saved[k] for k in state})
-            log.info("resuming %s from step %d", run_dir, state["step"])
-        else:
-            log.info("ignoring %s: it belongs to another configuration", resume_path)
+        state.update({k: saved[k] for k in state})
+        log.info("resuming %s from step %d", run_dir, state["step"])
 
-    def save_resume():
-        payload = {**state, "fingerprint": key, "model": model.state_dict(),
-                   "optim": optim.state_dict(), "rng": torch.get_rng_state(),
-                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                   "gen": gen.get_state()}
-        sbio.write_pt(payload, resume_path)
-
-    stop = {"signal": None}
+    # SIGTERM (Slurm's time limit, preemption, scancel): checkpoint and stop. SIGUSR1 (e.g.
+    # sbatch --signal=USR1@300, a warning ahead of the limit): checkpoint and go on.
+    stop = {"signal": None, "checkpoint": False}
 
     def on_signal(signum, frame):
         stop["signal"] = signum
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    def on_usr1(signum, frame):
+        stop["checkpoint"] = True
+
+    previous = {sig: signal.signal(sig, handler)
+                for sig, handler in ((signal.SIGTERM, on_signal), (signal.SIGUSR1, on_usr1))}
     bar = tqdm(total=max_steps, initial=state["step"], disable=not progress, unit="step",
                mininterval=1.0, dynamic_ncols=True)
     clock = time.perf_counter()
+    last_save = time.monotonic()
     elapsed0 = state["elapsed"]
+    # The loss and its parts summed on the device in float64 (the same additions as a Python
+    # float sum) and read at validation: a per-step read would wait for the GPU.
     train_sums = torch.tensor(state["train_sums"], dtype=torch.float64, device=data.device)
+    step_fn = make_step(model, data, inv_train, int(cfg["n_particles"]), cfg["grad_clip"],
+                        compiled=compiled, strict=compile_setting(cfg["compile"]) == "on")
     try:
         model.train()
         while state["step"] < max_steps:
-            if state["perm"] is None or state["pos"] >= n_train:
-                state["perm"], state["pos"] = torch.randperm(n_train, generator=gen), 0
-            rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size].to(data.device)]
-            state["pos"] += batch_size
-            x, dose = data.X[rows], data.dosage(data.codes[rows])
-            out = minibatch_loss(model, x, dose, inv_train, int(cfg["n_particles"]))
-            optim.zero_grad(set_to_none=True)
-            out.loss.backward()
-            # The loss and its parts summed on the device in float64 (the same additions as a
-            # Python float sum) and read at validation: a per-step read would wait for the GPU.
-            train_sums += out.stacked().double()
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-            optim.step()
+            rows = next_rows(state, gen, train_index, batch_size)
+            train_sums += step_fn(rows, optim).double()
             state["step"] += 1
             # e.g. SAMS-VAE's align_basis_at (docs/mask_recovery.md): a re-parameterised model
             # starts a new optimiser and a new best-checkpoint search
             if model.after_step(state["step"], max_steps):
-                optim = make_optimizer(model, float(cfg["lr"]), float(cfg["weight_decay"]),
-                                       float(cfg["global_lr_multiplier"]))
+                optim = new_optimizer()
                 state["best_val"], state["best_state"] = math.inf, None
                 log.info("%s: the model re-parameterised itself at step %d", run_dir,
                          state["step"])
@@ -502,16 +594,22 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
                     state["best_val"], state["best_step"] = val, step
                     state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 bar.set_postfix(loss=f"{train_mean[0]:.1f}", val=f"{val:.1f}", refresh=False)
-            if step % ckpt_every == 0 or step == max_steps or stop["signal"]:
-                state["train_sums"] = train_sums.tolist()
+            # resume.pt: every ckpt_every steps when set, else on a time budget (each write is
+            # the full state, MBs); at a signal; and at the last step (the run then only
+            # writes its outputs, and a kill there must not cost the training).
+            due = (step % ckpt_every == 0 if ckpt_every
+                   else time.monotonic() - last_save >= ckpt_seconds)
+            if due or step == max_steps or stop["signal"] or stop["checkpoint"]:
                 state["elapsed"] = elapsed0 + time.perf_counter() - clock
-                save_resume()
+                save_checkpoint(resume_path, state, train_sums, key, model, optim, gen)
+                last_save, stop["checkpoint"] = time.monotonic(), False
             if stop["signal"]:
                 raise Interrupted(f"stopped by signal {stop['signal']} at step {step}; "
                                   f"the run resumes from {resume_path}")
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     wall = elapsed0 + time.perf_counter() - clock
     model.load_state_dict(state["best_state"])
     model.eval()
@@ -522,8 +620,120 @@ def train(model, family: str, hp, data, training: dict, run_dir: str, seed: int,
         "steps": state["step"], "best_step": state["best_step"],
         "best_val_loss": state["best_val"], "val_iwelbo": val_iw,
         "timing": {"wall_seconds": wall, "steps_per_second": state["step"] / max(wall, 1e-9)},
+        "training_key": key,
     }
-    return _finish({**(identity or {}), **summary}, family, run_dir)
+    summary = _finish({**(identity or {}), **summary}, family, run_dir)
+    # Finished: model.pt, history.tsv and summary.json hold the result, and summary.json's
+    # training_key stops a re-run from training again; the full state is no longer needed.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(resume_path)
+    return summary
+
+
+def finished_summary(run_dir: str, key: str) -> dict | None:
+    """The summary of a finished run in ``run_dir`` trained with the settings ``key``, or None
+    (no summary, another configuration, or model.pt or history.tsv missing)."""
+    summary = sbio.read_summary(run_dir)
+    if not summary or summary.get("training_key") != key:
+        return None
+    if not all(os.path.isfile(sbio.run_file(run_dir, name)) for name in ("model", "history")):
+        return None
+    return summary
+
+
+def next_rows(state: dict, gen: torch.Generator, train_index: torch.Tensor,
+              batch_size: int) -> torch.Tensor:
+    """The next minibatch's cells (indices on the data's device), drawing a new order with
+    ``gen`` (on that device) at the start of each epoch."""
+    n_train = len(train_index)
+    if state["perm"] is None or state["pos"] >= n_train:
+        state["perm"] = torch.randperm(n_train, generator=gen, device=train_index.device)
+        state["pos"] = 0
+    rows = train_index[state["perm"][state["pos"] : state["pos"] + batch_size]]
+    state["pos"] += batch_size
+    return rows
+
+
+def save_checkpoint(path: str, state: dict, train_sums: torch.Tensor, key: str, model, optim,
+                    gen: torch.Generator) -> None:
+    """Write resume.pt: the loop's state, model, optimiser and every random generator."""
+    state["train_sums"] = train_sums.tolist()
+    payload = {**state, "fingerprint": key, "model": model.state_dict(),
+               "optim": optim.state_dict(), "rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               "gen": gen.get_state()}
+    sbio.write_pt(payload, path)
+
+
+def compile_setting(setting) -> str:
+    """``training.compile`` as "auto", "on" or "off" (YAML reads a bare on / off as a bool)."""
+    if isinstance(setting, bool):
+        setting = "on" if setting else "off"
+    if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"training.compile must be one of {COMPILE_SETTINGS}, got {setting!r}")
+    return setting
+
+
+def use_compile(setting, device) -> bool:
+    """Whether the step is compiled: "on", "off", or "auto" (on for CUDA, off elsewhere)."""
+    setting = compile_setting(setting)
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def make_step(model, data, inv_train: torch.Tensor, n_particles: int, grad_clip,
+              compiled: bool = False, strict: bool = False):
+    """The training step, ``step(rows, optim) -> [loss, parts]`` (detached, on the device):
+    the minibatch's negative ELBO, its gradient and one optimiser step.
+
+    ``compiled``: the loss and its gradient (forward and backward) go through
+    ``torch.compile``; on CUDA with ``mode="reduce-overhead"``, which replays each as one CUDA
+    graph instead of launching hundreds of small kernels from Python (a step of the paper's
+    sizes is bound by those launches on a GPU, not by arithmetic). The fused Adam step is one
+    multi-tensor kernel either way. Inside the compiled region every family takes the path
+    without host reads (``nn.host_reads_free``). If compiling fails, ``strict`` raises; else
+    the step logs a warning and runs eagerly."""
+
+    def loss_parts(x, codes):
+        out = minibatch_loss(model, x, data.dosage(codes), inv_train, n_particles)
+        return out.loss, out.stacked()
+
+    forward = loss_parts
+    if compiled:
+        mode = "reduce-overhead" if data.X.device.type == "cuda" else None
+        # dynamic=False: the two minibatch sizes of an epoch (full, last) get a graph each
+        forward = torch.compile(loss_parts, mode=mode, dynamic=False)
+    checked = [not compiled]
+
+    def gradient(x, codes, optim):
+        loss, parts = forward(x, codes)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        return parts
+
+    def step(rows, optim):
+        nonlocal forward
+        x, codes = data.X[rows], data.codes[rows]
+        if checked[0]:
+            parts = gradient(x, codes, optim)
+        else:  # the first call compiles the forward, then the backward
+            try:
+                parts = gradient(x, codes, optim)
+            except Exception as exc:  # inductor/triton missing or an op it cannot compile
+                if strict:
+                    raise RuntimeError(f"training.compile: on, but compiling the training step "
+                                       f"failed ({type(exc).__name__}: {exc}); set "
+                                       f"training.compile: off") from exc
+                log.warning("compiling the training step failed (%s: %s); training eagerly",
+                            type(exc).__name__, exc)
+                forward = loss_parts
+                parts = gradient(x, codes, optim)
+            checked[0] = True
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        optim.step()
+        return parts
+
+    return step
 
 
 def _write_history(history, run_dir: str) -> None:

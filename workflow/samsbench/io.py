@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,7 @@ RUN_FILES = {
     "latents": "perturbation_latents.h5ad",
     "predictions": "predictions.h5ad",
     "metrics": "metrics.tsv",
+    "perturbation_metrics": "perturbation_metrics.tsv",
     "enrichment": "enrichment.tsv",
     "complex_recovery": "complex_recovery.tsv",
     "planted_programs": "planted_programs.tsv",
@@ -97,13 +99,21 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 # ------------------------------------------------------------------------------ writing
 
 
+# The temporary files of atomic_path: ``.<name>.<pid>-<random>.tmp`` (plus a kept extension).
+TEMP_PATTERNS = (".*.tmp", ".*.tmp.*")
+_WRITER_PID = re.compile(r"\.(\d+)-[A-Za-z0-9_]+\.tmp(\.|$)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over
-    ``path``, on error remove it. ``suffix`` keeps an extension that a writer insists on."""
+    ``path``, on error remove it. ``suffix`` keeps an extension that a writer insists on.
+    The temporary name carries the writer's process id, so that ``remove_stale`` tells one
+    left by a killed process from one being written (a lock on it would stop HDF5's own)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=f".tmp{suffix}",
+                               dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -124,6 +134,74 @@ def usual_permissions(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def _lock(fd: int, wait: bool = True) -> bool:
+    """An exclusive flock on ``fd``; False when another process holds one (``wait`` False)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temporary file's name still runs (False: no pid)."""
+    found = _WRITER_PID.search(name)
+    if not found:
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or an odd name: leave it
+    return True
+
+
+def remove_stale(directory: str | os.PathLike, patterns=TEMP_PATTERNS) -> list[str]:
+    """Remove the temporary files matching ``patterns`` (globs) in ``directory`` left by a
+    killed writer: neither locked (a download holds its own locked) nor named after a running
+    process (atomic_path). Returns the removed paths."""
+    import glob
+
+    removed = []
+    folder = glob.escape(os.fspath(directory))
+    for path in sorted({p for pattern in patterns
+                        for p in glob.glob(os.path.join(folder, pattern))}):
+        if _writer_alive(os.path.basename(path)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, wait=False):  # held by a running writer (or no locks here): kept
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | os.PathLike, what: str):
+    """Hold an exclusive lock on ``directory`` (a ``.samsbench.lock`` file in it) for the
+    block; a second process is refused at once with a ``RuntimeError`` naming ``what``."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(os.fspath(directory), ".samsbench.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _lock(fd, wait=False):
+            raise RuntimeError(f"{directory} is in use by another {what} (it holds {path}); "
+                               "wait for it to finish, or give another --out")
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -161,10 +239,16 @@ def write_h5ad(adata, path: str | os.PathLike) -> None:
 
 
 def write_pt(obj, path: str | os.PathLike) -> None:
+    """torch.save through a buffer: saved to a file, the zip's record names carry that file's
+    (random temporary) name, and two identical checkpoints would differ in their bytes."""
+    import io
+
     import torch  # only the stages that save models need torch here
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def write_png(fig, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> None:

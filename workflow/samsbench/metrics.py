@@ -1,18 +1,26 @@
 """The evaluation maths: log2(CP10k+1), data ATE and the effect metrics.
 
 Definitions follow the reference implementation's evaluation: per cell log2(CP10k + 1) over the
-modelled genes, ATE(t) = mean over cells labelled t minus the control mean, on all cells of the
-dataset. Metrics compare a predicted ATE matrix (perturbations x genes) with the data ATE on the
-perturbation subsets all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
+modelled genes, ATE(t) = mean over cells labelled t minus the control mean. Metrics compare a
+predicted ATE matrix (perturbations x genes) with the data ATE on the perturbation subsets
+all/train/val/test. Everything here is numpy/scipy/pandas; no torch, and
 no file is read or written (the evaluate stage does that). A new metric is one entry in
 ``METRICS`` (a ``Metric``: its direction and its place in the report's tables included).
-Over 420 lines: the registry, the per-label means and the normalised scores share the
-subset and direction rules, so they stay in one module.
 
 Beyond the reference (issue 13): Systema-style metrics (``centroid_accuracy``, and
 ``pearson_delta_perturbed`` against the mean of all perturbed cells, ``REFERENCE_METRICS``),
 GEARS' ``combo_seen{k}`` subsets, and scores normalised between the best simple baseline and
-the replicate ceiling (``normalised_scores``, ``score_table``).
+the ceiling (``normalised_scores``, ``score_table``).
+
+The truth (issue 25): each subset is scored against its own held-out cells
+(``truth_by_split``, ``heldout_metrics``: a perturbation's test cells for the test subsets,
+all control cells); the paper's all-cells convention is kept as the labelled ``paper_*`` rows
+(``paper_metrics``) for the paper's tables. The ceiling and the bootstrap are in
+``samsbench.ceiling``.
+
+At about 600 lines the module keeps the truth, the metric registry and the normalised scores
+together: they share the subset and direction rules, and each short function reads best beside
+the ones it uses.
 """
 
 from __future__ import annotations
@@ -135,6 +143,57 @@ def data_ate(adata: ad.AnnData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.Data
     if control not in means.index:
         raise ValueError(f"no control cells labelled {control!r}; cannot compute the data ATE")
     return means.drop(index=control) - means.loc[control]
+
+
+# Which cells are the truth of each subset (issue 25): a subset of perturbations is scored on
+# those perturbations' cells in the matching split, against the mean of ALL control cells.
+# ``all`` uses every cell; any other subset (GEARS' combo_seen{k}) is a test subset.
+SUBSET_TRUTH = {"all": "all", "train": "train", "val": "val"}
+
+
+def subset_truth(subset: str) -> str:
+    return SUBSET_TRUTH.get(subset, "test")
+
+
+def truth_by_split(adata: ad.AnnData, split_per_cell,
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, tuple]:
+    """Held-out data ATE per split: {split: (ATE, cells per label)} for every split with
+    perturbed cells, plus ``all`` (every cell: the paper's convention). A perturbation's ATE in
+    split s is the mean log2(CP10k+1) of its cells in s minus the mean of ALL control cells
+    (the controls are not split: they are the reference, not the thing predicted). One pass
+    over X: labels are grouped by (split, label)."""
+    control = control_label(adata)
+    labels = adata.obs[PERTURBATION_KEY].astype(str).to_numpy()
+    split = np.asarray(split_per_cell).astype(str)
+    if split.shape != labels.shape:
+        raise ValueError(f"need one split per cell ({len(labels)}), got shape {split.shape}")
+    is_control = labels == control
+    if not is_control.any():
+        raise ValueError(f"no control cells labelled {control!r}; cannot compute the data ATE")
+    sep = "\x1f"  # a character no label holds
+    keys = np.where(is_control, sep, np.char.add(np.char.add(split, sep), labels))
+    means = perturbation_means(adata, labels=keys, chunk_rows=chunk_rows)
+    counts = pd.Series(keys).value_counts().reindex(means.index).astype(float)
+    control_mean = means.loc[sep]
+    parts = means.index.to_series().str.split(sep, n=1, expand=True)
+    out = {}
+    perturbed = means.index != sep
+    for name in sorted(set(parts.loc[perturbed, 0])):
+        rows = perturbed & (parts[0] == name).to_numpy()
+        ate = means[rows] - control_mean
+        ate.index = pd.Index(parts.loc[rows, 1].to_numpy(), name="perturbation")
+        cells = pd.Series(counts[rows].to_numpy(), index=ate.index)
+        order = np.argsort(ate.index.to_numpy(), kind="stable")
+        out[name] = (ate.iloc[order], cells.iloc[order])
+    # all cells: the count-weighted mean of each label's per-split means
+    frame = means[perturbed].mul(counts[perturbed], axis=0)
+    frame.index = pd.Index(parts.loc[perturbed, 1].to_numpy())
+    total = frame.groupby(level=0).sum()
+    cells = counts[perturbed].groupby(parts.loc[perturbed, 1].to_numpy()).sum()
+    all_ate = total.div(cells, axis=0) - control_mean
+    all_ate.index.name = "perturbation"
+    out["all"] = (all_ate, cells.reindex(all_ate.index))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,10 +395,8 @@ def ate_metrics(
         ref = ref.loc[genes].to_numpy()
     position = pd.Series(np.arange(len(labels)), index=labels)
 
-    ordered = [s for s in SUBSET_ORDER if s in subsets]
-    ordered += sorted(s for s in subsets if s not in SUBSET_ORDER)
     records = []
-    for name in ordered:
+    for name in _ordered(subsets):
         members = pd.Index(pd.unique(np.asarray(subsets[name], dtype=str)))
         idx = position.reindex(members).dropna().to_numpy(dtype=int)
         if idx.size == 0:
@@ -350,6 +407,47 @@ def ate_metrics(
             if np.isfinite(value):
                 records.append((metric, name, value))
     return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+
+
+def heldout_metrics(pred_ate: pd.DataFrame, truths: dict, subsets: dict[str, list[str]],
+                    names=None, prefix: str = "") -> pd.DataFrame:
+    """``ate_metrics`` of each subset against its own truth (``truth_by_split``: the subset's
+    cells, ``subset_truth``), with the perturbed-mean reference of that truth. ``names``
+    restricts the metrics (default all), ``prefix`` is put before each metric name."""
+    frames = []
+    for name in _ordered(subsets):
+        truth = truths.get(subset_truth(name))
+        if truth is None:
+            continue
+        true_ate, cells = truth
+        reference = perturbed_reference(true_ate, cells)
+        frames.append(ate_metrics(pred_ate, true_ate, {name: subsets[name]}, reference))
+    frames = [f for f in frames if len(f)]
+    table = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame(columns=METRIC_COLUMNS))
+    if names is not None:
+        table = table[table["metric"].isin(names)].reset_index(drop=True)
+    return table.assign(metric=prefix + table["metric"].astype(str))
+
+
+# The paper's (and the reference implementation's) four metrics, on all cells of each
+# perturbation (training cells included) at 10,000 counts per predicted cell: kept as the
+# labelled ``paper_*`` rows for the paper's tables only.
+PAPER_METRICS = ("ate_pearson", "ate_r2", "ate_pearson_top20", "ate_r2_top20")
+PAPER_PREFIX = "paper_"
+
+
+def paper_metrics(pred_ate: pd.DataFrame, all_truth: tuple, subsets: dict) -> pd.DataFrame:
+    """The ``paper_*`` rows: PAPER_METRICS of the paper's prediction against the all-cells
+    data ATE on the all/train/val/test subsets."""
+    plain = {k: v for k, v in subsets.items() if k in SUBSET_ORDER}
+    truths = {s: all_truth for s in ("all", "train", "val", "test")}
+    return heldout_metrics(pred_ate, truths, plain, PAPER_METRICS, PAPER_PREFIX)
+
+
+def _ordered(subsets) -> list[str]:
+    ordered = [s for s in SUBSET_ORDER if s in subsets]
+    return ordered + sorted(s for s in subsets if s not in SUBSET_ORDER)
 
 
 def _with_str_axes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -388,19 +486,38 @@ def combo_seen_subsets(labels_per_cell, split_per_cell, control: str) -> dict[st
     return dict(sorted(out.items()))
 
 
+def class_subsets(labels_per_cell, split_per_cell, classes_per_cell,
+                  control: str) -> dict[str, list[str]]:
+    """The test perturbations by their class (a simulation's ``obs["combination_class"]``,
+    issue 22): {class: test labels of that class}, one subset per class that has test cells;
+    the ``single`` and ``control`` labels are not classes."""
+    frame = pd.DataFrame({"label": np.asarray(labels_per_cell, dtype=str),
+                          "split": np.asarray(split_per_cell, dtype=str),
+                          "cls": np.asarray(classes_per_cell, dtype=str)})
+    test = frame[(frame["split"] == "test") & (frame["label"] != control)
+                 & ~frame["cls"].isin(["single", "control", "", "nan"])]
+    return {c: sorted(g["label"].unique()) for c, g in test.groupby("cls", sort=True)}
+
+
 # --------------------------------------------------------------------------------------------
 # Scores normalised between the best simple baseline and the replicate ceiling (issue 13)
 # --------------------------------------------------------------------------------------------
 
-def normalised_scores(table: pd.DataFrame, roles: Mapping[str, str]) -> pd.DataFrame:
+def normalised_scores(table: pd.DataFrame, roles: Mapping[str, str],
+                      differences: pd.DataFrame | None = None) -> pd.DataFrame:
     """Add ``normalised`` = (u - b) / (r - b) and ``normalised_note`` to a tidy metrics table.
 
     Per experiment x split x metric x subset: b is the best simple baseline (families whose
     role in ``roles``, {family: role} from the model registry, is "baseline"; best = highest,
     or lowest for a metric whose entry says lower_is_better; each model's value averaged over
-    seeds), r the ceiling (role "ceiling", averaged over its models and seeds). 0 = no better than the best simple baseline, 1 = as good as a replicate. NaN
-    with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
+    seeds), r the ceiling (role "ceiling", averaged over its models and seeds). 0 = no better
+    than the best simple baseline, 1 = as good as a replicate. NaN with the reason in ``normalised_note`` when there is no baseline, no ceiling, or the
     ceiling is not better than the baseline.
+
+    ``differences`` (``paired_bootstrap``'s table): a score is kept only where the bootstrap
+    found the ceiling-to-baseline gap beyond its own noise (``discriminative``, test subset);
+    elsewhere NaN with the note "not discriminative here" and the two numbers, or, for a
+    metric or subset without a bootstrap, a note saying so.
     """
     out = table.copy()
     if out.empty or "family" not in out:
@@ -429,27 +546,52 @@ def normalised_scores(table: pd.DataFrame, roles: Mapping[str, str]) -> pd.DataF
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         value = (merged["value"] - merged["_b"]) / (merged["_r"] - merged["_b"])
+    if differences is not None:
+        note = np.where(note == "", _gap_notes(merged, differences), note)
     out["normalised"] = np.where(note == "", value, np.nan)
     out["normalised_note"] = note
     return out
 
 
+def _gap_notes(merged: pd.DataFrame, differences: pd.DataFrame) -> np.ndarray:
+    """'' where the bootstrap found the gap discriminative, else why not (per row)."""
+    gaps = {(str(r.split), r.metric): r for r in
+            differences.drop_duplicates(["split", "metric"]).itertuples()}
+    notes = []
+    for split, metric, subset, b, r in zip(merged.get("split", ""), merged["metric"],
+                                           merged["subset"], merged["_b"], merged["_r"]):
+        gap = gaps.get((str(split), metric)) if subset == "test" else None
+        if gap is None:
+            notes.append("no bootstrap of the ceiling-to-baseline gap for this metric and "
+                         "subset (test subset of ceiling.BOOTSTRAP_METRICS only)")
+        elif not gap.discriminative:
+            notes.append(f"not discriminative here: ceiling {r:.4g} vs best simple baseline "
+                         f"{b:.4g}; the gap's 95% interval [{gap.gap_lo:.3g}, {gap.gap_hi:.3g}] "
+                         "is not above 0")
+        else:
+            notes.append("")
+    return np.asarray(notes, dtype=object)
+
+
 def score_table(metrics: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
-    """One row per model of a normalised metrics table (mean over seeds and splits), raw and
-    normalised value side by side per metric, on one subset; the ceiling's row included."""
+    """One row per model x split of a normalised metrics table (mean over seeds, never over
+    splits), raw and normalised value side by side per metric, on one subset; the ceiling's
+    row included (metrics.tsv's ``normalised_note`` says why a normalised value is empty)."""
     part = metrics[metrics["subset"] == subset]
     shown = score_table_metrics()
     part = part[part["metric"].isin(shown)]
     if part.empty:
-        return pd.DataFrame(columns=["model", "family"])
-    grouped = part.groupby(["model", "family", "metric"], dropna=False)[
+        return pd.DataFrame(columns=["model", "family", "split"])
+    part = part.assign(split=part["split"].astype(str) if "split" in part else "")
+    keys = ["model", "family", "split"]
+    grouped = part.groupby(keys + ["metric"], dropna=False)[
         ["value", "normalised"]].mean().reset_index()
-    wide = grouped.pivot(index=["model", "family"], columns="metric",
-                         values=["value", "normalised"])
+    wide = grouped.pivot(index=keys, columns="metric", values=["value", "normalised"])
     columns = {}
     for metric in [m for m in shown if m in set(grouped["metric"])]:
         columns[metric] = wide[("value", metric)]
         columns[f"{metric}_normalised"] = wide[("normalised", metric)]
     table = pd.DataFrame(columns).reset_index()
-    first = shown[0] if shown[0] in table else table.columns[2]
-    return table.sort_values(first, ascending=False, kind="stable").reset_index(drop=True)
+    first = shown[0] if shown[0] in table else table.columns[3]
+    return table.sort_values(["split", first], ascending=[True, False],
+                             kind="stable").reset_index(drop=True)

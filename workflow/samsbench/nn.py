@@ -185,7 +185,7 @@ class LibraryNBHead(torch.autograd.Function):
         rho_padded = torch.softmax(torch.addmm(bias, h2, weight.T), -1)
         rho = rho_padded.view(*lead, padded)[..., :n_genes]
         lib = library.unsqueeze(-1)
-        m = torch.addcmul(torch.full((), NB_MEAN_OFFSET, dtype=rho.dtype), rho, lib)
+        m = torch.addcmul(rho.new_full((), NB_MEAN_OFFSET), rho, lib)
         theta = torch.exp(log_theta)
         theta_m = m + theta
         log_theta_m = torch.log(theta_m)
@@ -205,11 +205,16 @@ class LibraryNBHead(torch.autograd.Function):
         # d/dl_j = lib * rho_j * (d_m_j - sum_g rho_g d_m_g)
         weighted = torch.div(x, m).sub_(ratio).mul_(rho)
         total = weighted.sum(-1, keepdim=True)
-        grad_logits = h2.new_empty(h2.shape[0], weight.shape[0])
-        grad_logits[:, n_genes:].zero_()
-        grad_view = grad_logits.view(*rho.shape[:-1], weight.shape[0])[..., :n_genes]
-        torch.addcmul(weighted, rho, total, value=-1, out=grad_view)
-        grad_view.mul_(g * lib)
+        if torch.compiler.is_compiling():  # no out= into a strided view under torch.compile
+            grad_real = torch.addcmul(weighted, rho, total, value=-1).mul_(g * lib)
+            grad_logits = F.pad(grad_real, (0, weight.shape[0] - n_genes)).reshape(
+                h2.shape[0], weight.shape[0])
+        else:  # eager: written in place into the padded buffer, one pass fewer
+            grad_logits = h2.new_empty(h2.shape[0], weight.shape[0])
+            grad_logits[:, n_genes:].zero_()
+            grad_view = grad_logits.view(*rho.shape[:-1], weight.shape[0])[..., :n_genes]
+            torch.addcmul(weighted, rho, total, value=-1, out=grad_view)
+            grad_view.mul_(g * lib)
         grad_h = (grad_logits @ weight).view(*rho.shape[:-1], h2.shape[-1])
         grad_weight = (grad_logits.T @ h2)[:n_genes]
         grad_bias = grad_logits.sum(0)[:n_genes]
@@ -230,8 +235,9 @@ def nb_count_terms_direct(x: torch.Tensor, log_theta: torch.Tensor) -> torch.Ten
 
 def host_reads_free(t: torch.Tensor) -> bool:
     """Whether reading a value of ``t`` back to Python (``.item()``, a data-dependent shape) is
-    free. On a GPU it waits for every queued kernel, so the training step avoids it there."""
-    return t.device.type == "cpu"
+    free. On a GPU it waits for every queued kernel, so the training step avoids it there; a
+    compiled step (``training.compile``) cannot make one without breaking its graph."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def whole_counts(x: torch.Tensor) -> torch.Tensor | None:
@@ -343,12 +349,24 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
 
 
 def bernoulli_kl(logits: torch.Tensor, prior_logit: float) -> torch.Tensor:
-    """KL(Bernoulli(sigmoid(logits)) || Bernoulli(sigmoid(prior_logit))), elementwise."""
+    """KL(Bernoulli(sigmoid(logits)) || Bernoulli(sigmoid(prior_logit))), elementwise. The
+    prior's log-probabilities are Python floats: no tensor off the logits' device."""
     q = torch.sigmoid(logits)
     log_q, log_1mq = F.logsigmoid(logits), F.logsigmoid(-logits)
-    log_p = F.logsigmoid(torch.tensor(prior_logit))
-    log_1mp = F.logsigmoid(torch.tensor(-prior_logit))
+    log_p, log_1mp = log_sigmoid(prior_logit), log_sigmoid(-prior_logit)
     return q * (log_q - log_p) + (1 - q) * (log_1mq - log_1mp)
+
+
+def log_sigmoid(v: float) -> float:
+    """ln sigmoid(v) of a Python float, without overflow."""
+    return -math.log1p(math.exp(-v)) if v >= 0 else v - math.log1p(math.exp(v))
+
+
+def normal_log_prob(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """log N(x; 0, scale^2) elementwise, as ``Normal(0.0, scale).log_prob(x)`` computes it
+    but with the constants as Python floats (that Normal holds CPU tensors, which a GPU step
+    would mix with its own)."""
+    return -(x * x) / (2 * scale * scale) - math.log(scale) - 0.5 * math.log(2 * math.pi)
 
 
 def logit(p: float) -> float:

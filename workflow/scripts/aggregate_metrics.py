@@ -7,4 +7,9 @@ import _log  # noqa: E402
 _log.setup(snakemake)
 from samsbench.stages import evaluate  # noqa: E402
 
-evaluate.aggregate(list(snakemake.input), snakemake.output[0])
+evaluate.aggregate(
+    list(snakemake.input.metrics),
+    snakemake.output.metrics,
+    list(snakemake.input.perturbations),
+    snakemake.output.differences,
+)

@@ -30,4 +30,5 @@ evaluate.score(
     snakemake.output.metrics,
     iwelbo_particles=settings["iwelbo_particles"],
     device=snakemake.params.device,
+    perturbations_path=snakemake.output.perturbations,
 )

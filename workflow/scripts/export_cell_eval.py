@@ -13,6 +13,7 @@ export.export_cell_eval(
     snakemake.input.split,
     os.path.dirname(snakemake.output.predicted),
     n_cells=snakemake.params.n_cells,
+    clip=snakemake.params.clip,
     predictions_path=snakemake.input.predictions,
     device=snakemake.params.device,
     family=snakemake.params.family,  # the config's (trusted) family, for a plug-in

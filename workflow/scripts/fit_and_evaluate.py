@@ -17,4 +17,4 @@ evaluate.predict(snakemake.input.data, snakemake.input.split, out.model, out.pre
                  device=snakemake.params.device, family=run["family"])
 evaluate.score(run, snakemake.input.data, snakemake.input.split, out.predictions, out.model,
                out.metrics, iwelbo_particles=settings["iwelbo_particles"],
-               device=snakemake.params.device)
+               device=snakemake.params.device, perturbations_path=out.perturbations)

@@ -17,4 +17,5 @@ report.build(
     dict(snakemake.params.split_paths),
     snakemake.params.device,
     dict(snakemake.output.items()),
+    differences_path=snakemake.input.differences,
 )

@@ -186,6 +186,11 @@ def validate(adata: ad.AnnData) -> ad.AnnData:
             f'obs["{PERTURBATION_KEY}"] has {int(labels.isna().sum())} missing values '
             f"(first: cell {first})"
         )
+    names = adata.var_names.astype(str)
+    blank = np.flatnonzero(names.str.strip() == "")
+    if len(blank):
+        raise ContractError(f"gene name (var_names) at column {blank[0]} is empty "
+                            f"({len(blank)} empty in all); give every gene a name")
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ContractError(f"gene names (var_names) are not unique, duplicated: {dup}")

@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from samsbench import io as sbio
-from samsbench.io import sha256_file
+from samsbench.io import remove_stale, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,10 @@ class _Transfer:
             self.total = int(stated)
         elif expected is not None:
             self.total = expected
+        if expected is not None and not getattr(response, "chunked", False):
+            # Read to the end of the connection, not to the stated length: a body longer than
+            # its Content-Length would otherwise be cut there and pass for a whole file.
+            response.length = None
         sniffed = self.written > 0  # a resumed body was sniffed on its first attempt
         pending = b""
         last_report = time.monotonic()
@@ -310,10 +314,14 @@ class _Transfer:
                 last_report = time.monotonic()
                 of = f" of {expected / 1e6:.1f} MB" if expected else ""
                 log.info("%s: %.1f MB%s", self.url, self.written / 1e6, of)
-        if expected is not None and self.written != expected:
+        if expected is not None and self.written < expected:
             raise _Transient(
                 f"truncated body: received {self.written} of {expected} bytes (Content-Length)"
             )
+        if expected is not None and self.written > expected:
+            log.warning("%s: the server stated %d bytes (Content-Length) but sent %d: its size "
+                        "cannot be trusted", self.url, expected, self.written)
+            self.total = None  # so the size is not verified and no checksum is recorded
         if self.written == 0:
             raise _UrlFailed("empty body")
 
@@ -365,25 +373,7 @@ def _fetch(url, sink, kind, retries, backoff, timeout, chunk_size,
 def remove_stale_parts(directory: str | os.PathLike, name: str) -> list[str]:
     """Remove the temporary files of ``name`` that no running download holds (a download
     keeps its own locked); returns the removed paths."""
-    removed = []
-    for path in glob.glob(os.path.join(glob.escape(os.fspath(directory)),
-                                       f".{glob.escape(name)}.*.part")):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by a running download (or locks unsupported): leave it
-            os.close(fd)
-            continue
-        try:
-            os.remove(path)
-            removed.append(path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    removed = remove_stale(directory, [f".{glob.escape(name)}.*.part"])
     if removed:
         log.info("removed %d stale temporary file(s) of %s left by an interrupted download: %s",
                  len(removed), name, ", ".join(os.path.basename(p) for p in removed))

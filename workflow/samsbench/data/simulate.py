@@ -5,6 +5,19 @@ genes and the perturbation targets. Planted programs: the perturbations whose ta
 one real gene set switch on the same latent dimensions, so mask recovery and enrichment have a
 known answer. Counts are negative binomial around ``library * softmax(decoder(z))`` with a
 per-cell library size, the likelihood the models use. Ground truth goes to ``uns["simulation"]``.
+
+With ``combination_classes`` the double perturbations come in named classes (issue 22;
+docs/simulation.md), each cell's class in ``obs["combination_class"]``:
+
+* ``additive_expression``: the decoder's log-expression of the pair is the sum of the two
+  singles' (per cell: f(z + s_a) + f(z + s_b) - f(z)), so adding the singles' effects in
+  expression is right;
+* ``additive_latent``: the latent shifts add (z + s_a + s_b) and the nonlinear decoder makes
+  the expression effect non-additive (the SAMS-VAE / CPA premise);
+* ``synergy``, ``buffering``: the latent shift is ``SYNERGY_GAIN`` or ``BUFFERING_GAIN`` times
+  the sum (stronger or weaker than additive, as Norman et al. 2019 classify pairs);
+* ``dominant``: the pair acts as one of its two singles, drawn at random and recorded in
+  ``uns["simulation"]["dominant"]``; the other's effect is masked.
 """
 
 from __future__ import annotations
@@ -20,6 +33,11 @@ import scipy.sparse as sp
 from samsbench.data.contract import DEFAULT_CONTROL, validate
 
 GENE_SET_LIBRARY = "KEGG_2021_Human"
+COMBINATION_CLASSES = ("additive_expression", "additive_latent", "synergy", "buffering",
+                       "dominant")
+CLASS_KEY = "combination_class"  # obs column: a double's class; "single" / "control" otherwise
+SYNERGY_GAIN = 2.0  # latent shift of a synergistic pair: this times the sum of its singles'
+BUFFERING_GAIN = 0.5  # ... of a buffering pair
 SYMBOL_LIBRARY = "GO_Biological_Process_2023"
 
 
@@ -79,6 +97,7 @@ def simulate(
     decoder_hidden: int = 64,
     library_mean: float = 4000.0,
     dispersion: float = 4.0,
+    combination_classes: dict[str, int] | None = None,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a screen; ``effect_mode`` is ``programs`` (planted gene-set programs) or
@@ -96,7 +115,17 @@ def simulate(
     on the dimension of another program; and every perturbation's latent shift gets dense
     N(0, shift_noise) noise on all dimensions (in ``true_shift``, not in ``true_mask``). These
     draws come from a second generator, so ``effect_mode: prior`` data and the rest of the
-    screen do not depend on them; setting all three to 0 gives the clean programs."""
+    screen do not depend on them; setting all three to 0 gives the clean programs.
+
+    ``combination_classes`` ({class: number of doubles}, classes from ``COMBINATION_CLASSES``)
+    replaces ``n_doubles`` with doubles of those classes (module docstring); None keeps every
+    double additive in the latent space, as before."""
+    if combination_classes is not None:
+        unknown = sorted(set(combination_classes) - set(COMBINATION_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown combination classes {unknown}; "
+                             f"known: {list(COMBINATION_CLASSES)}")
+        n_doubles = int(sum(combination_classes.values()))
     rng = np.random.default_rng(seed)
     library = read_gmt_simple(package_library_path(GENE_SET_LIBRARY))
     programs = _choose_programs(rng, library, n_programs, targets_per_program)
@@ -152,6 +181,15 @@ def simulate(
             a, b = rng.choice(singles, 2, replace=False)
         pairs.add(tuple(sorted((str(a), str(b)))))
     doubles = ["+".join(p) for p in sorted(pairs)]
+    pair_class, dominant = {}, {}
+    if combination_classes is not None:
+        # classes dealt over shuffled pairs, so each mixes within- and across-program pairs
+        dealer = np.random.default_rng([seed, 22])
+        classes = [c for c in COMBINATION_CLASSES for _ in range(combination_classes.get(c, 0))]
+        pair_class = dict(sorted(zip(dealer.permutation(doubles).tolist(), classes)))
+        for label in doubles:
+            if pair_class[label] == "dominant":
+                dominant[label] = str(dealer.choice(label.split("+")))
 
     symbols = sorted({g for gs in read_gmt_simple(package_library_path(SYMBOL_LIBRARY)).values()
                       for g in gs})
@@ -174,10 +212,21 @@ def simulate(
             for part in label.split("+"):
                 D[row, index[part]] = 1
     z_basal = rng.normal(size=(len(labels), K))
-    z = z_basal + D @ shift
-    h = z @ w1
-    h = np.where(h > 0, h, 0.01 * h)
-    logits = h @ w2 + base
+
+    def decode(z):  # the decoder's log-expression before the softmax
+        h = z @ w1
+        return np.where(h > 0, h, 0.01 * h) @ w2 + base
+
+    if combination_classes is None:
+        logits = decode(z_basal + D @ shift)
+    else:
+        logits = decode(z_basal + _class_shifts(labels, singles, shift, pair_class, dominant))
+        for label, kind in pair_class.items():
+            if kind == "additive_expression":  # add in log-expression, per cell
+                rows = labels == label
+                a, b = (shift[singles.index(p)] for p in label.split("+"))
+                z0 = z_basal[rows]
+                logits[rows] = decode(z0 + a) + decode(z0 + b) - decode(z0)
     rho = np.exp(logits - logits.max(1, keepdims=True))
     rho /= rho.sum(1, keepdims=True)
     lib = np.exp(rng.normal(np.log(library_mean), 0.3, len(labels)))
@@ -188,6 +237,10 @@ def simulate(
         {"perturbation": labels, "gene": labels},
         index=[f"cell{i:06d}" for i in range(len(labels))],
     )
+    if combination_classes is not None:
+        kinds = [pair_class.get(lab, "control" if lab == DEFAULT_CONTROL else "single")
+                 for lab in labels]
+        obs[CLASS_KEY] = pd.Categorical(kinds)
     adata = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs,
                        var=pd.DataFrame(index=genes))
     adata.uns["control_label"] = DEFAULT_CONTROL
@@ -203,4 +256,27 @@ def simulate(
         "true_embedding": embedding,
         "true_shift": shift,
     }
+    if combination_classes is not None:
+        adata.uns["simulation"]["combinations"] = np.array(list(pair_class), dtype=object)
+        adata.uns["simulation"]["combination_class"] = np.array(list(pair_class.values()),
+                                                                dtype=object)
+        adata.uns["simulation"]["dominant"] = np.array(
+            [dominant.get(lab, "") for lab in pair_class], dtype=object)
     return validate(adata)
+
+
+def _class_shifts(labels, singles, shift, pair_class, dominant) -> np.ndarray:
+    """Each cell's latent shift by its label's class (an ``additive_expression`` pair gets
+    the additive one here; the caller replaces its log-expression)."""
+    gain = {"synergy": SYNERGY_GAIN, "buffering": BUFFERING_GAIN}
+    per_label = {}
+    for label in set(labels.tolist()) - {DEFAULT_CONTROL}:
+        parts = label.split("+")
+        if label in dominant:
+            parts = [dominant[label]]
+        total = sum(shift[singles.index(p)] for p in parts)
+        per_label[label] = gain.get(pair_class.get(label), 1.0) * total
+    out = np.zeros((len(labels), shift.shape[1]))
+    for label, value in per_label.items():
+        out[labels == label] = value
+    return out

@@ -34,6 +34,10 @@ PROGRAM_COLUMNS = ["library", "program", "latent_dim", "jaccard", "top_term", "t
                    "program_fdr", "recovered"]
 
 
+# Columns of the planted-program rate over seeds (``program_recovery_rate``).
+PROGRAM_RATE_COLUMNS = ["model", "split", "program", "n_seeds", "n_recovered", "rate",
+                        "median_fdr", "seeds", "fdrs"]
+
 MATCHINGS = ("mask", "probability")
 # Columns of the planted-mask table (one row per run and matching), after the run's identity.
 MASK_RECOVERY_COLUMNS = ["matching", "threshold", "n_perturbations", "true_density", "density",
@@ -326,3 +330,29 @@ def planted_program_recovery(
                 }
             )
     return pd.DataFrame(out, columns=PROGRAM_COLUMNS)
+
+
+def program_recovery_rate(planted: pd.DataFrame) -> pd.DataFrame:
+    """Planted-program recovery as a rate over seeds, per model, split and program (issue 22):
+    one seed's result is a coin flip, the rate over seeds is the claim.
+
+    ``planted``: the merged ``planted_programs.tsv`` (one row per run, program and carrying
+    dimension). A program is recovered in a run when every carrying dimension is
+    (``planted_program_recovery``); its FDR in the run is the largest over those dimensions
+    (the weakest). ``fdrs`` lists the FDR per seed, in the order of ``seeds``.
+    """
+    if planted.empty:
+        return pd.DataFrame(columns=PROGRAM_RATE_COLUMNS)
+    per_run = planted.groupby(["model", "split", "program", "seed"], sort=True).agg(
+        recovered=("recovered", "all"), fdr=("program_fdr", "max")).reset_index()
+    rows = []
+    for (model, split, program), g in per_run.groupby(["model", "split", "program"], sort=True):
+        rows.append({
+            "model": model, "split": split, "program": program, "n_seeds": len(g),
+            "n_recovered": int(g["recovered"].sum()),
+            "rate": float(g["recovered"].mean()),
+            "median_fdr": float(g["fdr"].median()),
+            "seeds": ", ".join(str(s) for s in g["seed"]),
+            "fdrs": ", ".join(f"{f:.2g}" for f in g["fdr"]),
+        })
+    return pd.DataFrame(rows, columns=PROGRAM_RATE_COLUMNS)

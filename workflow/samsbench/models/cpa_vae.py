@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from samsbench.models.base import FreeEmbeddingHyperparameters, ShiftModel
-from samsbench.nn import rows_of
+from samsbench.nn import normal_log_prob, rows_of
 
 
 class CpaVAE(ShiftModel):
@@ -38,7 +38,7 @@ class CpaVAE(ShiftModel):
         noise = torch.empty((n_particles,) + self.E_loc.shape, dtype=self.E_loc.dtype,
                             device=self.E_loc.device).normal_()
         E = qE.loc + qE.scale * rows_of(noise, columns)
-        log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
+        log_ratio = (normal_log_prob(E, self.embedding_prior_scale) - qE.log_prob(E)).sum(-1)
         return {"E": E}, log_ratio
 
     def shift(self, g):

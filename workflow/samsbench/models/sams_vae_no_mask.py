@@ -18,7 +18,7 @@ import torch
 from torch.distributions import Normal
 
 from samsbench.models.base import ShiftHyperparameters, ShiftModel
-from samsbench.nn import GaussianEncoder, OneHotRows, rows_of
+from samsbench.nn import GaussianEncoder, OneHotRows, normal_log_prob, rows_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class SamsVAENoMask(ShiftModel):
         qE = self.q_embedding(columns)
         noise = torch.empty(full, dtype=self.ones.dtype, device=self.ones.device).normal_()
         E = qE.loc + qE.scale * rows_of(noise, columns)
-        log_ratio = (Normal(0.0, self.embedding_prior_scale).log_prob(E) - qE.log_prob(E)).sum(-1)
+        log_ratio = (normal_log_prob(E, self.embedding_prior_scale) - qE.log_prob(E)).sum(-1)
         return {"E": E}, log_ratio
 
     def shift(self, g):

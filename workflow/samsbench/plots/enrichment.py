@@ -319,3 +319,33 @@ def mask_stability_plot(pairs: pd.DataFrame):
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def program_rate_plot(rates: pd.DataFrame):
+    """Planted-program recovery rate over seeds: models x programs, each cell the share of
+    seeds recovering the program (FDR < alpha as top term), annotated 'k/n' and the median FDR."""
+    if rates.empty:
+        return _empty("no planted programs (no masked model, or not a simulation)",
+                      "Planted-program recovery over seeds")
+    rows = [f"{m} / {s}" if rates["split"].nunique() > 1 else str(m)
+            for m, s in zip(rates["model"], rates["split"])]
+    table = rates.assign(row=rows)
+    grid = table.pivot(index="row", columns="program", values="rate")
+    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * grid.shape[1], 1.2 + 0.5 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for r in table.itertuples():
+        i, j = grid.index.get_loc(r.row), grid.columns.get_loc(r.program)
+        ax.text(j, i, f"{r.n_recovered}/{r.n_seeds}\nFDR {r.median_fdr:.2g}", ha="center",
+                va="center", fontsize=8, color="white" if r.rate < 0.6 else "black")
+    ax.set_xticks(range(grid.shape[1]), [textwrap_label(c) for c in grid.columns], fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
+    fig.colorbar(image, ax=ax, label="recovered in this share of seeds")
+    ax.set_title("Planted-program recovery over seeds (median FDR of the program)")
+    fig.tight_layout()
+    return fig
+
+
+def textwrap_label(text: str, width: int = 18) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)

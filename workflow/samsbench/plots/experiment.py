@@ -132,7 +132,10 @@ def metric_dots(table: pd.DataFrame, panels: list[tuple[str, str, str]], models:
 
 
 def training_curves(runs: list[dict], histories: list[pd.DataFrame]):
-    """Validation loss per step, one panel per split; ``histories`` match ``runs``."""
+    """Validation reconstruction term per step, one panel per split; ``histories`` match
+    ``runs``. Not the loss: each family's loss has its own KL terms (SAMS-VAE's masks and
+    embeddings, for one), so losses of different models are not comparable; the expected
+    negative log-likelihood of the held-out cells is (histories without it: the loss)."""
     frames = []
     for run, hist in zip(runs, histories):
         if len(hist):
@@ -146,11 +149,48 @@ def training_curves(runs: list[dict], histories: list[pd.DataFrame]):
         palette = model_palette(table)
         for ax, split in zip(axes[0], splits):
             part = table[table["split"] == split]
-            sns.lineplot(data=part, x="step", y="val_loss", hue="model", palette=palette,
+            y = "val_reconstruction" if "val_reconstruction" in part and \
+                part["val_reconstruction"].notna().any() else "val_loss"
+            sns.lineplot(data=part, x="step", y=y, hue="model", palette=palette,
                          ax=ax, errorbar=None)
-            ax.set_title(f"validation loss, split {split}")
             ax.set_xlabel("training step")
-            ax.set_ylabel("validation loss (negative ELBO per cell)")
+            if y == "val_loss":
+                ax.set_title(f"validation loss, split {split}")
+                ax.set_ylabel("validation loss (negative ELBO per cell)")
+            else:
+                ax.set_title(f"validation reconstruction, split {split}", fontsize=10)
+                ax.set_ylabel("−E_q[log p(x | z)] per held-out cell\n(KL terms left out: "
+                              "they differ by model)", fontsize=8)
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def class_scores_plot(table: pd.DataFrame):
+    """Per combination class (x) the score of every model (one line each), one panel per
+    metric: where composing in a latent space helps and where additivity fails (issue 22)."""
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no combination classes in this experiment", ha="center")
+        return fig
+    metrics = list(dict.fromkeys(table["metric"]))
+    subsets = list(dict.fromkeys(table["subset"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    models = table.drop_duplicates("model")[["model", "family"]]
+    colours = model_palette(models)
+    for ax, metric in zip(axes[0], metrics):
+        part = table[table["metric"] == metric].groupby(["model", "subset"])["mean"].mean()
+        for model in models["model"]:
+            if model not in part.index.get_level_values(0):
+                continue
+            values = part[model].reindex(subsets)
+            ax.plot(range(len(subsets)), values.to_numpy(), "o-", color=colours[model],
+                    label=model, lw=1, ms=3)
+        ax.set_xticks(range(len(subsets)), [s.replace("_", "\n") for s in subsets], fontsize=7)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Held-out combinations by class (mean over seeds)", fontsize=10)
     fig.tight_layout()
     return fig

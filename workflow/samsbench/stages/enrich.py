@@ -237,6 +237,24 @@ def gene_set_table(config_gene_sets: Mapping | None) -> dict[str, dict]:
     return {**DEFAULT_GENE_SETS, **{k: dict(v) for k, v in (config_gene_sets or {}).items()}}
 
 
+def check_library_files(config: Mapping, experiments: Iterable[str]) -> None:
+    """Every local GMT (a ``source: path`` library) that one of ``experiments`` tests exists:
+    found at the dry run, not after every model trained."""
+    table = gene_set_table(config.get("gene_sets"))
+    for experiment in experiments:
+        for name in libraries_used(settings(config, experiment)):
+            entry = table.get(name) or {}
+            if entry.get("source") != "path":
+                continue
+            if not entry.get("path"):
+                raise ValueError(f"config.yaml: gene_sets/{name}: a `source: path` library "
+                                 "needs `path:` naming its GMT file")
+            if not os.path.isfile(entry["path"]):
+                raise ValueError(f"config.yaml: gene_sets/{name}/path: file not found: "
+                                 f"{entry['path']} (experiment {experiment} tests it); fix "
+                                 "the path or drop the library from enrichment.gene_sets")
+
+
 def _dataset(dataset):
     """An AnnData from a path or an AnnData (read backed: only ``uns`` is needed)."""
     if dataset is None or not isinstance(dataset, (str, os.PathLike)):
@@ -423,6 +441,19 @@ def write_tables(tables: Mapping[str, pd.DataFrame], outputs: Mapping[str, str])
     for key, table in tables.items():
         sbio.write_tsv(table, outputs[key])
         log.info("%s: %d rows -> %s", key, len(table), outputs[key])
+
+
+def program_rate(planted_tsv, out_tsv, out_png) -> pd.DataFrame:
+    """Planted-program recovery as a rate over seeds (recovery.program_recovery_rate) from
+    an experiment's merged planted_programs.tsv, as a table and a figure."""
+    from samsbench.plots import enrichment as figures
+
+    path = Path(planted_tsv)
+    planted = pd.read_csv(path, sep="\t") if path.stat().st_size > 0 else pd.DataFrame()
+    rates = recovery.program_recovery_rate(planted)
+    sbio.write_tsv(rates, out_tsv)
+    sbio.write_png(figures.program_rate_plot(rates), out_png)
+    return rates
 
 
 def merge(inputs: Mapping[str, Iterable[str]], outputs: Mapping[str, str]) -> None:

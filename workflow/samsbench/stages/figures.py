@@ -107,8 +107,28 @@ def enrichment_heatmap(latents: list[str], titles: list[str], gmts: list[str], o
             continue
         mask = pd.DataFrame(adata.layers[MASK_LAYER], index=adata.obs_names.astype(str),
                             columns=adata.var_names.astype(str))
-        panels.append((title, mask, perturbation_targets(adata)))
+        caveat = mask_caveat(mask.to_numpy())
+        if caveat:
+            log.warning("%s: %s", title, caveat)
+        panels.append((title + (f"\n{caveat}" if caveat else ""), mask,
+                       perturbation_targets(adata)))
     _png(plot_enrichment.mask_heatmaps(panels, sets, library or ""), out, dpi=150)
+
+
+# q(mask) starts at sigmoid(mask_init_logits = 0) = 0.5; a mask whose probabilities mostly
+# stay near it has not been learned yet (too few steps), whatever the heatmap seems to show.
+MASK_INIT_PROB = 0.5
+
+
+def mask_caveat(mask_prob: np.ndarray, near: float = 0.2, share: float = 0.5) -> str:
+    """A warning for a heatmap's title when more than ``share`` of the mask probabilities
+    lie within ``near`` of their initial value, else ''."""
+    values = np.asarray(mask_prob, dtype=np.float64)
+    close = float(np.mean(np.abs(values - MASK_INIT_PROB) < near)) if values.size else 0.0
+    if close <= share:
+        return ""
+    return (f"caveat: {close:.0%} of mask probabilities within {near} of their initial "
+            f"{MASK_INIT_PROB} (not learned yet)")
 
 
 def enrichment_top_terms(table_path: str, library: str, alpha: float, out: str) -> None:
@@ -162,13 +182,13 @@ def paper_norman(metrics_path: str, settings: list[dict], options: dict, outputs
     xlabel, held = XLABELS[kind], HELD_OUT[kind]
     _png(pp.norman_bars(rows, "test_iwelbo_relative", f"Relative IWELBO ({held})", xlabel,
                         "Test IWELBO relative to SAMS-VAE at fraction 0"), outputs["bars_iwelbo"])
-    _png(pp.norman_bars(rows, "ate_pearson_test",
+    _png(pp.norman_bars(rows, "paper_ate_pearson_test",
                         f"Predicted Average Treatment Effect Correlation ({held})", xlabel,
                         "ATE Pearson r on the test perturbations"), outputs["bars_ate"])
     lines = [
         ("lines_relative_iwelbo", "test_iwelbo_relative", f"Relative IWELBO ({held})", True),
-        ("lines_ate", "ate_pearson_test", f"ATE Pearson r ({held})", True),
-        ("lines_ate_top20", "ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
+        ("lines_ate", "paper_ate_pearson_test", f"ATE Pearson r ({held})", True),
+        ("lines_ate_top20", "paper_ate_pearson_top20_test", f"ATE Pearson r, top-20 genes ({held})",
          True),
         ("lines_iwelbo", "test_iwelbo", f"Test IWELBO ({held})", False),
         ("lines_iwelbo_band", "test_iwelbo", f"Test IWELBO ({held})", True),
@@ -201,7 +221,7 @@ def paper_replogle(metrics_path: str, settings: list[dict], options: dict, outpu
     models = paper.replogle_models(runs, ranked)
     sbio.write_tsv(models, outputs["models_tsv"])
     shown = models.assign(model=[pp.label(f) for f in models["family"]])
-    _table_png(paper.display_table(shown, ["test_iwelbo", "ate_pearson_all", "val_iwelbo"],
+    _table_png(paper.display_table(shown, ["test_iwelbo", "paper_ate_pearson_all", "val_iwelbo"],
                                   ["model", "setting", "n_latent", "figure_seed"],
                                   {"figure_seed": "figure seed"}),
               outputs["models_png"], "Replogle: test IWELBO and ATE Pearson r "

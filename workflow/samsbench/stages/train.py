@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import logging
+import os
 
 import anndata as ad
 import numpy as np
@@ -68,7 +69,18 @@ def train(data_path: str, split_path: str, hp: dict, training: dict, run_dir: st
           seed: int, device: str = "auto", progress: bool = True,
           identity: dict | None = None) -> dict:
     """Train one model on one split with one seed; writes the run directory. ``identity``
-    (experiment, model, split, ...) is recorded in summary.json."""
+    (experiment, model, split, ...) is recorded in summary.json. A second train into the same
+    ``run_dir`` is refused while this one runs; temporary files of a killed one are removed."""
+    with sbio.folder_lock(run_dir, "samsbench train"):
+        stale = sbio.remove_stale(run_dir)
+        if stale:
+            log.info("removed %d temporary file(s) left by a killed process: %s", len(stale),
+                     ", ".join(os.path.basename(p) for p in stale))
+        return _train(data_path, split_path, hp, training, run_dir, seed, device, progress,
+                      identity)
+
+
+def _train(data_path, split_path, hp, training, run_dir, seed, device, progress, identity):
     hp = dict(hp)
     family = hp.pop("family")
     hp = registry.hyperparameters(family, hp)  # the family's typed hyperparameters
