@@ -68,7 +68,7 @@ rule aggregate_metrics:
         perturbations=lambda wc: run_files(wc.experiment, "perturbation_metrics"),
     output:
         metrics=f"{RESULTS}/{{experiment}}/metrics.tsv",
-        # the paired bootstrap over test perturbations and seeds (metrics.paired_bootstrap)
+        # the paired bootstrap over test perturbations and seeds (ceiling.paired_bootstrap)
         differences=f"{RESULTS}/{{experiment}}/differences.tsv",
     log:
         f"{RESULTS}/logs/aggregate_metrics/{{experiment}}.log",
