@@ -64,6 +64,8 @@ rule fit_and_evaluate:
         )
     wildcard_constraints:
         model=FITTED_MODEL,
+    group:
+        pack_group
     conda:
         "../../envs/samsbench.yaml"
     threads: 1
