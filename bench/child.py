@@ -77,3 +77,15 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+def collect(procs: list, what: str, tail: int = 3000) -> list[dict]:
+    """Wait for measurement children started with ``child_command`` and read their results;
+    the first failure raises with the end of its stderr."""
+    results = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"{what} failed:\n{err[-tail:]}")
+        results.append(read_result(out))
+    return results

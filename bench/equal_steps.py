@@ -22,7 +22,7 @@ import os
 import subprocess
 import tempfile
 
-from child import child_command, read_result, run_child
+from child import child_command, collect, run_child
 
 
 def train_once(args: dict) -> dict:
@@ -93,12 +93,7 @@ def main(argv=None) -> list[dict]:
         if args.parallel:
             procs = [subprocess.Popen(child_command(train_once, run), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True) for run in runs]
-            summaries = []
-            for p in procs:
-                out, err = p.communicate()
-                if p.returncode:
-                    raise RuntimeError(f"equal-steps run failed:\n{err[-3000:]}")
-                summaries.append(read_result(out))
+            summaries = collect(procs, "equal-steps run")
         else:
             summaries = (run_child(train_once, run) for run in runs)
         for run, summary in zip(runs, summaries):

@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_training import measure, train_steps, write_data  # noqa: E402
-from child import child_command, peak_rss_mb, read_result, run_child  # noqa: E402
+from child import child_command, collect, peak_rss_mb, run_child  # noqa: E402
 
 REPLOGLE = dict(cells=118_641, genes=1_187, perturbations=722, combinations=0)
 NORMAN = dict(cells=111_000, genes=5_000, perturbations=105, combinations=131)
@@ -110,12 +110,7 @@ def packed(n: int, data_dir: str, hp: dict, device: str, threads: int, seconds: 
                 break
             time.sleep(0.05)
         open(os.path.join(barrier, "go"), "w").close()
-        results = []
-        for p in procs:
-            out, err = p.communicate()
-            if p.returncode:
-                raise RuntimeError(f"packed training process failed:\n{err[-2000:]}")
-            results.append(read_result(out))
+        results = collect(procs, "packed training process")
     return {"steps_per_second": sum(r["steps_per_second"] for r in results),
             "peak_gpu_mb": max(r["peak_gpu_mb"] for r in results),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
